@@ -1,0 +1,3 @@
+set number
+syntax on
+set expandtab shiftwidth=4

@@ -1,0 +1,282 @@
+"""One image, from images.toml to baguette_rootfs.img.zst: the stage list.
+
+    base     sources.<kind>.build       -> store/base/<key>/base.tar
+    rootfs   customize.customize        -> store/rootfs/<key>/rootfs.tar
+    pack     pack.pack (VM helper)      -> store/pack/<key>/disk.img
+    baguette compress + validate        -> store/baguette/<key>/baguette_rootfs.img.zst
+             published as artifacts/<image>/baguette_rootfs.img.zst (+ .sha256)
+    verify   boot.boot_image            (boots the published image)
+
+Each stage's key is computed from its inputs before anything runs (`*_inputs`), so an
+up-to-date check is a lookup in the store. `run_stage` builds a missing entry under a lock,
+logs why it was missing, and records the inputs for the next explanation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import appliance as appliance_mod
+from . import compress, customize, pack, validate
+from .accel import choose
+from .boot import boot_image
+from .config import Config, Image
+from .errors import PipelineError
+from .fsutil import atomic_write_bytes
+from .hashing import FileHashMemo, sha256_file
+from .log import info, step
+from .sources import source_for
+from .store import StageInputs, Store, explain_miss, publish, record_build
+from .vm import memory_mib
+
+IMAGE_NAME = "baguette_rootfs.img.zst"
+
+
+def source_date_epoch(env: dict[str, str] | os._Environ[str] = os.environ) -> int | None:
+    value = env.get("SOURCE_DATE_EPOCH", "")
+    if not value:
+        return None
+    if not value.isdigit():
+        raise PipelineError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
+                            hint="set it to a unix time such as $(git log -1 --format=%ct)")
+    return int(value)
+
+
+@dataclass
+class Context:
+    """What every stage of every image shares: the config, the store, the hash memo."""
+
+    config: Config
+    source_date_epoch: int | None = None
+    store: Store = field(init=False)
+    memo: FileHashMemo = field(init=False)
+    _appliance: appliance_mod.Appliance | None = field(default=None, init=False)
+    _appliance_inputs: StageInputs | None = field(default=None, init=False)
+    _keys: dict[tuple[str, str], StageInputs] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.store = Store(self.root)
+        self.memo = FileHashMemo(self.root / ".cache" / "filehash.json")
+
+    @property
+    def root(self) -> Path:
+        return self.config.build.artifacts
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / ".cache"
+
+    @property
+    def work_dir(self) -> Path:
+        d = self.root / "tmp"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def log_path(self, image: Image, what: str) -> Path:
+        return self.root / "logs" / image.name / f"{what}.console.log"
+
+    def output_dir(self, image: Image) -> Path:
+        return self.root / image.name
+
+    def record(self, image: Image, stage: str) -> Path:
+        return self.root / image.name / ".inputs" / f"{stage}.json"
+
+    def _memo_key(self, stage: str, image: Image,
+                  compute: Callable[[Image], StageInputs]) -> StageInputs:
+        """Keys are computed once per run: inputs do not change while the build runs."""
+        k = (stage, image.name)
+        if k not in self._keys:
+            self._keys[k] = compute(image)
+        return self._keys[k]
+
+    # --- keys --------------------------------------------------------------------------
+
+    def appliance_inputs(self) -> StageInputs:
+        if self._appliance_inputs is None:
+            plan = appliance_mod.plan(self.config.build.kernel)
+            self._appliance_inputs = appliance_mod.inputs(plan, self.memo)
+        return self._appliance_inputs
+
+    def appliance(self) -> appliance_mod.Appliance:
+        if self._appliance is None:
+            self._appliance = appliance_mod.ensure(self.store, self.config.build.kernel,
+                                                   self.memo)
+        return self._appliance
+
+    def base_inputs(self, image: Image) -> StageInputs:
+        return self._memo_key("base", image, self._base_inputs)
+
+    def _base_inputs(self, image: Image) -> StageInputs:
+        return source_for(image.source).inputs(image, self.memo)  # type: ignore[no-any-return]
+
+    def rootfs_inputs(self, image: Image) -> StageInputs:
+        return self._memo_key("rootfs", image, self._rootfs_inputs)
+
+    def _rootfs_inputs(self, image: Image) -> StageInputs:
+        return customize.inputs(image, self.base_inputs(image).key, self.source_date_epoch)
+
+    def pack_inputs(self, image: Image) -> StageInputs:
+        return self._memo_key("pack", image, self._pack_inputs)
+
+    def _pack_inputs(self, image: Image) -> StageInputs:
+        b = image.baguette
+        return StageInputs("pack", pack.VERSION, {
+            "rootfs": self.rootfs_inputs(image).key,
+            "appliance": self.appliance_inputs().key,
+            "label": b.label,
+            "size": b.size,
+            "slack": b.slack,
+        })
+
+    def baguette_inputs(self, image: Image) -> StageInputs:
+        return self._memo_key("baguette", image, self._baguette_inputs)
+
+    def _baguette_inputs(self, image: Image) -> StageInputs:
+        return StageInputs("baguette", compress.VERSION, {
+            "pack": self.pack_inputs(image).key,
+            "level": image.baguette.compression_level,
+        })
+
+    # --- paths of built entries -------------------------------------------------------
+
+    def base_tarball(self, image: Image) -> Path:
+        return self.store.path(self.base_inputs(image)) / "base.tar"
+
+    def rootfs_tarball(self, image: Image) -> Path:
+        return self.store.path(self.rootfs_inputs(image)) / "rootfs.tar"
+
+    def raw_image(self, image: Image) -> Path:
+        return self.store.path(self.pack_inputs(image)) / "disk.img"
+
+    def baguette_image(self, image: Image) -> Path:
+        return self.store.path(self.baguette_inputs(image)) / IMAGE_NAME
+
+    def published_image(self, image: Image) -> Path:
+        return self.output_dir(image) / IMAGE_NAME
+
+
+def run_stage(ctx: Context, image: Image, si: StageInputs, title: str,
+              build: Callable[[Path], None]) -> Path:
+    """Build the store entry for `si` unless present; returns its directory."""
+    entry = ctx.store.path(si)
+    record = ctx.record(image, si.stage)
+    if ctx.store.has(si):
+        info(f"{si.stage}: in the store ({si.key})")
+        record_build(record, si)
+        return entry
+    with ctx.store.lock(si):
+        if ctx.store.has(si):  # another process built it while we waited
+            record_build(record, si)
+            return entry
+        with step(f"{title} [{image.name}] ({explain_miss(record, si)})"):
+            with ctx.store.new_entry(si) as tmp:
+                build(tmp)
+    record_build(record, si)
+    ctx.memo.save()
+    return entry
+
+
+# --- the stages, in order -----------------------------------------------------------------
+
+
+def base(ctx: Context, image: Image) -> Path:
+    src = source_for(image.source)
+    run_stage(ctx, image, ctx.base_inputs(image), f"Base rootfs from {image.source.value}",
+              lambda d: src.build(image, d / "base.tar"))
+    return ctx.base_tarball(image)
+
+
+def rootfs(ctx: Context, image: Image) -> Path:
+    def build(d: Path) -> None:
+        n = customize.customize(ctx.base_tarball(image), image, d / "rootfs.tar",
+                                work_dir=ctx.work_dir,
+                                source_date_epoch=ctx.source_date_epoch)
+        info(f"{n} entries")
+
+    run_stage(ctx, image, ctx.rootfs_inputs(image), "Customizing the rootfs", build)
+    return ctx.rootfs_tarball(image)
+
+
+def raw_image(ctx: Context, image: Image) -> Path:
+    def build(d: Path) -> None:
+        app = ctx.appliance()
+        accel = choose(ctx.config.build.accel, app, ctx.cache_dir)
+        b = image.baguette
+        pack.pack(ctx.rootfs_tarball(image), d / "disk.img", label=b.label,
+                  fixed_size=b.size, slack=b.slack, appliance=app, accel=accel.accel,
+                  timeout=ctx.config.build.vm_timeout,
+                  memory_mib=memory_mib(ctx.config.build.vm_memory),
+                  log_path=ctx.log_path(image, "pack"), work_dir=ctx.work_dir)
+        with step("Checking the filesystem"):
+            validate.check_raw(d / "disk.img")
+
+    run_stage(ctx, image, ctx.pack_inputs(image), "Packing the btrfs image", build)
+    return ctx.raw_image(image)
+
+
+def baguette_image(ctx: Context, image: Image) -> Path:
+    raw = ctx.raw_image(image)
+
+    def build(d: Path) -> None:
+        out = d / IMAGE_NAME
+        size = compress.compress(raw, out, level=image.baguette.compression_level)
+        validate.check_compressed(out, image.baguette.label, raw.stat().st_size)
+        (d / f"{IMAGE_NAME}.sha256").write_text(f"{sha256_file(out)}  {IMAGE_NAME}\n")
+        info(f"{size / 2**20:.0f} MiB compressed, {raw.stat().st_size / 2**20:.0f} MiB raw")
+
+    entry = run_stage(ctx, image, ctx.baguette_inputs(image), "Compressing", build)
+    out_dir = ctx.output_dir(image)
+    publish(entry / IMAGE_NAME, out_dir / IMAGE_NAME)
+    publish(entry / f"{IMAGE_NAME}.sha256", out_dir / f"{IMAGE_NAME}.sha256")
+    ctx.memo.save()
+    return out_dir / IMAGE_NAME
+
+
+def is_published(ctx: Context, image: Image) -> bool:
+    """The per-image name points at the current store entry (same file, or same bytes)."""
+    src, dst = ctx.baguette_image(image), ctx.published_image(image)
+    try:
+        if os.path.samefile(src, dst):
+            return True
+        return ctx.memo.sha256(src) == ctx.memo.sha256(dst)
+    except OSError:
+        return False
+
+
+def baguette(ctx: Context, image: Image) -> Path:
+    """The whole Baguette pipeline for one image, stage by stage."""
+    base(ctx, image)
+    rootfs(ctx, image)
+    raw_image(ctx, image)
+    return baguette_image(ctx, image)
+
+
+def verify(ctx: Context, image: Image) -> dict[str, str]:
+    """Boot the published image with ChromeOS's disk layout; returns its os-release."""
+    zst = ctx.published_image(image)
+    if not zst.is_file():
+        raise PipelineError(f"{zst} does not exist", hint="run `doit build:baguette` first")
+    app = ctx.appliance()
+    accel = choose(ctx.config.build.accel, app, ctx.cache_dir)
+    with step(f"Booting {image.name} with ChromeOS's disk layout ({accel.accel.value})"):
+        result = boot_image(zst, appliance=app, accel=accel.accel,
+                            timeout=ctx.config.build.vm_timeout,
+                            log_path=ctx.log_path(image, "boot"), work_dir=ctx.work_dir,
+                            memory_mib=memory_mib(ctx.config.build.vm_memory))
+        info(f"booted {result.os_release.get('PRETTY_NAME', '?')} in {result.seconds:.1f} s")
+    stamp = ctx.output_dir(image) / "verified.json"
+    import json
+
+    atomic_write_bytes(stamp, json.dumps({"image": ctx.memo.sha256(zst),
+                                          "os_release": result.os_release}).encode())
+    return result.os_release
+
+
+def load_instructions(image: Image, path: Path) -> str:
+    return (f"Load it on a Chromebook: copy {path.name} to the Downloads folder, then in "
+            f"crosh (Ctrl+Alt+T):\n  vmc create --vm-type BAGUETTE --size 15G "
+            f"--source /home/chronos/user/MyFiles/Downloads/{path.name} {image.name}\n"
+            f"  vmc start --vm-type BAGUETTE {image.name}")

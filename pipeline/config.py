@@ -1,0 +1,398 @@
+"""images.toml: one settings table, validated into frozen dataclasses.
+
+Each option is declared once in SETTINGS (key, type, default, help); validation, defaults and
+the README's config reference all come from that table, so they cannot drift apart. Errors
+name the key path (`images.work.baguette.slack`) and end with a hint.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+class Accel(enum.Enum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class SourceKind(enum.Enum):
+    DEBIAN = "debian"
+    TARBALL = "tarball"
+    NIX = "nix"
+
+
+ARCHES = ("x86_64",)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(value: Any) -> int:
+    """'200MiB', '4G', 4294967296 -> bytes (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a size such as '200MiB' or '4GiB'")
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a size such as '200MiB' or '4GiB'")
+    unit = (m.group(2) or "").upper()[:1] if (m.group(2) or "").upper() != "B" else "B"
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: str  # str | int | bool | list | size | enum:<a,b> | path | size-or-auto
+    default: Any
+    help: str
+
+
+# --- the settings table --------------------------------------------------------------------
+
+BUILD_SETTINGS = (
+    Setting("default_images", "list", None,
+            "Images built by `doit build:baguette` without a name; default: all of them."),
+    Setting("accel", "enum:auto,kvm,tcg", "auto",
+            "VM helper accelerator: `auto` probes KVM with a short boot and falls back to TCG; "
+            "`kvm` fails if KVM is unusable; `tcg` always emulates."),
+    Setting("vm_timeout", "int", 900,
+            "Seconds a VM helper run may take before the guest is killed."),
+    Setting("vm_memory", "size", "1GiB", "Memory of the VM helper's guest."),
+    Setting("kernel", "path", "",
+            "Kernel for the VM helper; default: the newest /boot/vmlinuz-*."),
+    Setting("artifacts", "path", "artifacts", "Where the store and per-image outputs live."),
+)
+
+IMAGE_SETTINGS = (
+    Setting("source", "enum:debian,tarball", None,
+            "Where the base rootfs comes from: `debian` (mmdebstrap), `tarball` (a file)."),
+    Setting("description", "str", "", "Free text shown in listings and metadata."),
+    Setting("arch", "enum:x86_64", "x86_64", "Guest architecture."),
+    Setting("hostname", "str", "", "The guest's /etc/hostname; default: the image name."),
+    Setting("dotfiles", "path", "dotfiles",
+            "A directory overlaid into the user's home, owned by the user; '' for none."),
+    Setting("user", "str", "user", "The guest user that owns the dotfiles (created if absent)."),
+    Setting("uid", "int", 1000, "That user's uid (and gid)."),
+)
+
+DEBIAN_SETTINGS = (
+    Setting("suite", "str", "bookworm", "Debian suite for mmdebstrap."),
+    Setting("variant", "enum:minbase,essential,apt,required,important,standard", "minbase",
+            "mmdebstrap variant."),
+    Setting("packages", "list", [], "Extra packages (systemd-sysv is always added: /sbin/init)."),
+    Setting("mirror", "str", "",
+            "Debian mirror URI; default: the host's configured apt mirror for the suite."),
+)
+
+TARBALL_SETTINGS = (
+    Setting("path", "path", None,
+            "A rootfs tarball (tar, tar.gz, tar.xz or tar.zst; the format is sniffed)."),
+)
+
+BAGUETTE_SETTINGS = (
+    Setting("label", "str", "",
+            "btrfs label; default `nixos-root` for Nix images, else `baguette-root`."),
+    Setting("size", "size-or-auto", "auto",
+            "Image size: `auto` (content + slack) or a fixed size such as '4GiB'."),
+    Setting("slack", "size", "256MiB", "Free space added to the content size when size=auto."),
+    Setting("compression_level", "int", 3, "zstd level of baguette_rootfs.img.zst (1-19)."),
+)
+
+SECTIONS: dict[str, tuple[Setting, ...]] = {
+    "build": BUILD_SETTINGS,
+    "images.<name>": IMAGE_SETTINGS,
+    "images.<name>.debian": DEBIAN_SETTINGS,
+    "images.<name>.tarball": TARBALL_SETTINGS,
+    "images.<name>.baguette": BAGUETTE_SETTINGS,
+}
+
+
+# --- the validated, frozen result ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DebianSource:
+    suite: str
+    variant: str
+    packages: tuple[str, ...]
+    mirror: str
+
+
+@dataclass(frozen=True)
+class TarballSource:
+    path: Path
+
+
+@dataclass(frozen=True)
+class BaguetteOptions:
+    label: str
+    size: int | None  # None: content + slack
+    slack: int
+    compression_level: int
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    source: SourceKind
+    description: str
+    arch: str
+    hostname: str
+    dotfiles: Path | None
+    user: str
+    uid: int
+    debian: DebianSource | None
+    tarball: TarballSource | None
+    baguette: BaguetteOptions
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    default_images: tuple[str, ...]
+    accel: Accel
+    vm_timeout: int
+    vm_memory: int
+    kernel: Path | None
+    artifacts: Path
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    build: BuildOptions
+    images: dict[str, Image]
+
+    def image(self, name: str) -> Image:
+        try:
+            return self.images[name]
+        except KeyError:
+            raise ConfigError(
+                f"no image named {name!r} in {self.path}",
+                hint=f"known images: {', '.join(sorted(self.images)) or '(none)'}",
+            ) from None
+
+
+# --- validation ----------------------------------------------------------------------------
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def _check_type(where: str, s: Setting, value: Any, base: Path) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(
+            f"{where}: expected {expected}, got {type(value).__name__} {value!r}",
+            hint=f"{s.key}: {s.help}",
+        )
+
+    kind = s.kind
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad("an integer")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind == "list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+        return tuple(value)
+    if kind == "path":
+        if not isinstance(value, str):
+            raise bad("a path string")
+        if value == "":
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base / p)
+    if kind.startswith("enum:"):
+        choices = kind[5:].split(",")
+        if value not in choices:
+            raise ConfigError(
+                f"{where}: {value!r} is not one of {', '.join(choices)}",
+                hint=f"{s.key}: {s.help}",
+            )
+        return value
+    if kind in ("size", "size-or-auto"):
+        if kind == "size-or-auto" and value == "auto":
+            return None
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}", hint=f"{s.key}: {s.help}") from None
+    raise AssertionError(kind)
+
+
+def _close_match(key: str, known: list[str]) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(key, known, n=1)
+    return f"did you mean {near[0]!r}? " if near else ""
+
+
+def _section(where: str, table: Any, settings: tuple[Setting, ...], base: Path,
+             allowed_subtables: tuple[str, ...] = ()) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table", hint=f"write it as [{where}]")
+    known = {s.key: s for s in settings}
+    for key in table:
+        if key not in known and key not in allowed_subtables:
+            names = sorted(known) + list(allowed_subtables)
+            raise ConfigError(
+                f"{where}.{key}: unknown key",
+                hint=f"{_close_match(key, names)}known keys: {', '.join(names)}",
+            )
+    out: dict[str, Any] = {}
+    for s in settings:
+        if s.key in table:
+            out[s.key] = _check_type(f"{where}.{s.key}", s, table[s.key], base)
+        elif s.default is None:
+            out[s.key] = None
+        else:
+            out[s.key] = _check_type(f"{where}.{s.key}", s, s.default, base)
+    return out
+
+
+def _required(where: str, values: dict[str, Any], key: str, settings: tuple[Setting, ...]) -> Any:
+    if values.get(key) is None:
+        s = next(s for s in settings if s.key == key)
+        raise ConfigError(f"{where}.{key}: missing", hint=f"{s.key}: {s.help}")
+    return values[key]
+
+
+def _image(name: str, table: Any, base: Path) -> Image:
+    where = f"images.{name}"
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{where}: bad image name",
+                          hint="use lowercase letters, digits and '-' (it names files and tasks)")
+    v = _section(where, table, IMAGE_SETTINGS, base, ("debian", "tarball", "baguette"))
+    kind = SourceKind(_required(where, v, "source", IMAGE_SETTINGS))
+
+    debian = tarball = None
+    if kind is SourceKind.DEBIAN:
+        d = _section(f"{where}.debian", table.get("debian", {}), DEBIAN_SETTINGS, base)
+        debian = DebianSource(d["suite"], d["variant"], d["packages"], d["mirror"])
+    elif kind is SourceKind.TARBALL:
+        t = _section(f"{where}.tarball", table.get("tarball", {}), TARBALL_SETTINGS, base)
+        path = _required(f"{where}.tarball", t, "path", TARBALL_SETTINGS)
+        if not path.is_file():
+            raise ConfigError(f"{where}.tarball.path: {path} does not exist",
+                              hint="give the path of a rootfs tarball, relative to images.toml")
+        tarball = TarballSource(path)
+    for other in ("debian", "tarball"):
+        if other in table and other != kind.value:
+            raise ConfigError(f"{where}.{other}: this table is for source = {other!r}, "
+                              f"but the image's source is {kind.value!r}",
+                              hint=f"remove [{where}.{other}] or change `source`")
+
+    b = _section(f"{where}.baguette", table.get("baguette", {}), BAGUETTE_SETTINGS, base)
+    if not 1 <= b["compression_level"] <= 19:
+        raise ConfigError(f"{where}.baguette.compression_level: {b['compression_level']} "
+                          "is out of range", hint="zstd levels go from 1 to 19")
+    label = b["label"] or ("nixos-root" if kind is SourceKind.NIX else "baguette-root")
+    if len(label.encode()) > 255:
+        raise ConfigError(f"{where}.baguette.label: too long", hint="btrfs labels hold 255 bytes")
+    if b["size"] is not None and b["size"] < 128 * 1024**2:
+        raise ConfigError(f"{where}.baguette.size: {b['size']} bytes is too small",
+                          hint="a btrfs image needs at least 128MiB; or use size = \"auto\"")
+
+    dotfiles = v["dotfiles"]
+    if dotfiles is not None and not dotfiles.is_dir():
+        if "dotfiles" in table:
+            raise ConfigError(f"{where}.dotfiles: {dotfiles} is not a directory",
+                              hint="point it at a directory, or set dotfiles = \"\" for none")
+        dotfiles = None
+    if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", v["user"]):
+        raise ConfigError(f"{where}.user: {v['user']!r} is not a valid user name",
+                          hint="lowercase letters, digits, '_' and '-', starting with a letter")
+    if not 1 <= v["uid"] < 65534:
+        raise ConfigError(f"{where}.uid: {v['uid']} is out of range", hint="use e.g. 1000")
+    return Image(
+        name=name,
+        source=kind,
+        description=v["description"],
+        arch=v["arch"],
+        hostname=v["hostname"] or name,
+        dotfiles=dotfiles,
+        user=v["user"],
+        uid=v["uid"],
+        debian=debian,
+        tarball=tarball,
+        baguette=BaguetteOptions(label, b["size"], b["slack"], b["compression_level"]),
+    )
+
+
+def parse(text: str, path: Path) -> Config:
+    base = path.parent
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}",
+                          hint="check quoting and brackets near that line") from None
+    for key in data:
+        if key not in ("build", "images"):
+            raise ConfigError(f"{key}: unknown top-level table",
+                              hint=f"{_close_match(key, ['build', 'images'])}"
+                              "images.toml holds [build] and [images.<name>] tables")
+    b = _section("build", data.get("build", {}), BUILD_SETTINGS, base)
+    images_table = data.get("images", {})
+    if not isinstance(images_table, dict) or not images_table:
+        raise ConfigError("images: no image declared",
+                          hint="declare one as [images.<name>] with source = \"debian\"")
+    images = {name: _image(name, t, base) for name, t in images_table.items()}
+    default = b["default_images"] or tuple(images)
+    for name in default:
+        if name not in images:
+            raise ConfigError(f"build.default_images: no image named {name!r}",
+                              hint=f"known images: {', '.join(images)}")
+    build = BuildOptions(
+        default_images=tuple(default),
+        accel=Accel(b["accel"]),
+        vm_timeout=b["vm_timeout"],
+        vm_memory=b["vm_memory"],
+        kernel=b["kernel"],
+        artifacts=b["artifacts"],
+    )
+    return Config(path=path, build=build, images=images)
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found",
+                          hint="run doit from the project root, or create images.toml") from None
+    return parse(text, path)
+
+
+def reference() -> str:
+    """The config reference as Markdown (kept in the README, checked by a test)."""
+    lines: list[str] = []
+    for section, settings in SECTIONS.items():
+        lines.append(f"`[{section}]`\n")
+        lines.append("| key | type | default | meaning |")
+        lines.append("|---|---|---|---|")
+        for s in settings:
+            default = "required" if s.default is None and s.key in ("source", "path") else (
+                "—" if s.default is None else repr(s.default).replace("'", '"'))
+            kind = ("one of " + ", ".join(f"`{c}`" for c in s.kind[5:].split(","))
+                    if s.kind.startswith("enum:") else s.kind.replace("-or-", " or "))
+            lines.append(f"| `{s.key}` | {kind} | {default} | {s.help} |")
+        lines.append("")
+    return "\n".join(lines)
+

@@ -1,0 +1,333 @@
+"""Customize: base rootfs tarball + the image's own files -> the normalised rootfs tarball.
+
+What it adds: the dotfiles tree in the user's home (owned by the user), the user itself in
+/etc/passwd, group, shadow and gshadow when absent, /etc/hostname and /etc/hosts for the
+image's hostname, and /etc/resolv.conf as a link to /run/resolv.conf (ChromeOS writes that
+file; a copy of the build host's resolver must not ship).
+
+How it normalises: entries sorted by path (parents first), numeric owners only (no user or
+group names), mtimes whole seconds and clamped to SOURCE_DATE_EPOCH when it is set, pax
+headers reduced to xattrs, hardlink sets re-anchored on their first name in sorted order.
+The output is a plain (uncompressed) tar: the pack stage reads it by offset.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Image
+from .errors import ConfigError, PipelineError
+from .fsutil import atomic_path
+from .hashing import tree_manifest
+from .log import info
+from .store import StageInputs
+from .tarballs import corrupt, plain_tar
+
+VERSION = 1
+BLOCK = tarfile.BLOCKSIZE
+
+
+def inputs(image: Image, base_key: str, source_date_epoch: int | None) -> StageInputs:
+    return StageInputs("rootfs", VERSION, {
+        "base": base_key,
+        "dotfiles": tree_manifest(image.dotfiles) if image.dotfiles else {},
+        "user": image.user,
+        "uid": image.uid,
+        "hostname": image.hostname,
+        "source_date_epoch": source_date_epoch,
+    })
+
+
+@dataclass
+class Entry:
+    """One output member: its header, and where its data comes from."""
+
+    info: tarfile.TarInfo
+    offset: int | None = None  # data offset in the base tar
+    data: bytes | None = None  # or data in memory
+    path: Path | None = None  # or a host file
+
+
+def _norm(name: str) -> str:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts or name.startswith("/"):
+        raise PipelineError(f"base rootfs entry {name!r} escapes the root",
+                            hint="the tarball must hold relative paths without '..'")
+    return "/".join(parts)
+
+
+def _read_base(base: Path) -> tuple[dict[str, Entry], int]:
+    """Members of the plain tar `base` by normalised name (the last duplicate wins)."""
+    entries: dict[str, Entry] = {}
+    newest = 0
+    try:
+        with tarfile.open(base, "r:") as tf:
+            for m in tf:
+                name = _norm(m.name)
+                if m.islnk():
+                    m.linkname = _norm(m.linkname)
+                entries[name] = Entry(m, offset=m.offset_data if m.isreg() else None)
+                newest = max(newest, int(m.mtime))
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise corrupt(base, exc) from None
+    size = base.stat().st_size
+    for name, e in entries.items():
+        if e.offset is not None and e.offset + e.info.size > size:
+            raise corrupt(base, EOFError(f"{name} is truncated"))
+    return entries, newest
+
+
+def _member(name: str, kind: bytes, mode: int, uid: int, mtime: int, **kw: Any) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type = kind
+    ti.mode = mode
+    ti.uid = ti.gid = uid
+    ti.mtime = mtime
+    for k, v in kw.items():
+        setattr(ti, k, v)
+    return ti
+
+
+def _file_text(entries: dict[str, Entry], base_fd: int, name: str) -> str:
+    e = entries.get(name)
+    if e is None or not e.info.isreg():
+        return ""
+    if e.data is not None:
+        return e.data.decode()
+    assert e.offset is not None
+    return os.pread(base_fd, e.info.size, e.offset).decode(errors="surrogateescape")
+
+
+def _set_text(entries: dict[str, Entry], name: str, text: str, mode: int, gid: int,
+              mtime: int) -> None:
+    data = text.encode(errors="surrogateescape")
+    old = entries.get(name)
+    ti = _member(name, tarfile.REGTYPE, old.info.mode if old and old.info.isreg() else mode,
+                 0, mtime, size=len(data))
+    ti.gid = old.info.gid if old and old.info.isreg() else gid
+    entries[name] = Entry(ti, data=data)
+
+
+def _add_user(entries: dict[str, Entry], base_fd: int, image: Image, mtime: int) -> None:
+    passwd = _file_text(entries, base_fd, "etc/passwd")
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) < 3:
+            continue
+        if fields[0] == image.user:
+            if fields[2] != str(image.uid):
+                raise ConfigError(
+                    f"images.{image.name}.uid: the base rootfs already has user "
+                    f"{image.user!r} with uid {fields[2]}",
+                    hint=f"set uid = {fields[2]}, or choose another user name")
+            return
+        if fields[2] == str(image.uid):
+            raise ConfigError(
+                f"images.{image.name}.uid: uid {image.uid} already belongs to {fields[0]!r} "
+                "in the base rootfs", hint="choose another uid, or set user to that name")
+    if "etc/passwd" not in entries:
+        return  # not a full system (a test fixture, say): no accounts to extend
+    u, n = image.user, image.uid
+    home = f"/home/{u}"
+
+    def append(name: str, line: str, mode: int, gid: int = 0) -> None:
+        text = _file_text(entries, base_fd, name)
+        if text and not text.endswith("\n"):
+            text += "\n"
+        _set_text(entries, name, text + line + "\n", mode, gid, mtime)
+
+    append("etc/passwd", f"{u}:x:{n}:{n}::{home}:/bin/bash", 0o644)
+    append("etc/group", f"{u}:x:{n}:", 0o644)
+    shadow_gid = _group_id(_file_text(entries, base_fd, "etc/group"), "shadow")
+    if "etc/shadow" in entries:
+        append("etc/shadow", f"{u}:!:0:0:99999:7:::", 0o640, shadow_gid)
+    if "etc/gshadow" in entries:
+        append("etc/gshadow", f"{u}:!::", 0o640, shadow_gid)
+
+
+def _group_id(group: str, name: str) -> int:
+    for line in group.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
+            return int(fields[2])
+    return 0
+
+
+def _dotfiles(image: Image, mtime: int) -> Iterator[tuple[str, Entry]]:
+    home = f"home/{image.user}"
+    uid = image.uid
+    yield "home", Entry(_member("home", tarfile.DIRTYPE, 0o755, 0, mtime))
+    yield home, Entry(_member(home, tarfile.DIRTYPE, 0o700, uid, mtime))
+    root = image.dotfiles
+    if root is None:
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            rel = f"{home}/{p.relative_to(root).as_posix()}"
+            st = p.lstat()
+            perm = stat.S_IMODE(st.st_mode) & 0o777
+            if stat.S_ISDIR(st.st_mode):
+                yield rel, Entry(_member(rel, tarfile.DIRTYPE, perm, uid, mtime))
+            elif stat.S_ISLNK(st.st_mode):
+                yield rel, Entry(_member(rel, tarfile.SYMTYPE, 0o777, uid, mtime,
+                                         linkname=os.readlink(p)))
+            elif stat.S_ISREG(st.st_mode):
+                yield rel, Entry(_member(rel, tarfile.REGTYPE, perm, uid, mtime,
+                                         size=st.st_size), path=p)
+            else:
+                info(f"dotfiles: skipping {p} (not a file, directory or symlink)")
+
+
+def _apply_overlay(entries: dict[str, Entry], base_fd: int, image: Image, mtime: int) -> None:
+    for name, e in _dotfiles(image, mtime):
+        old = entries.get(name)
+        if old is not None and old.info.isdir() and e.info.isdir() and name == "home":
+            continue  # keep the base's /home
+        if old is not None and old.info.isdir() and not e.info.isdir():
+            raise PipelineError(f"dotfiles: /{name} is a directory in the base rootfs",
+                                hint="rename or remove that dotfile")
+        entries[name] = e
+    _add_user(entries, base_fd, image, mtime)
+    if "etc" in entries:
+        _set_text(entries, "etc/hostname", image.hostname + "\n", 0o644, 0, mtime)
+        hosts = _file_text(entries, base_fd, "etc/hosts") or "127.0.0.1\tlocalhost\n"
+        lines = [ln for ln in hosts.splitlines() if not ln.startswith("127.0.1.1")]
+        lines.append(f"127.0.1.1\t{image.hostname}")
+        _set_text(entries, "etc/hosts", "\n".join(lines) + "\n", 0o644, 0, mtime)
+        entries["etc/resolv.conf"] = Entry(_member(
+            "etc/resolv.conf", tarfile.SYMTYPE, 0o777, 0, mtime, linkname="../run/resolv.conf"))
+
+
+def _ordered(entries: dict[str, Entry]) -> list[tuple[str, Entry]]:
+    """Sorted by path components, parents before children, hardlinks after their anchor."""
+    for name in list(entries):  # every entry's parent directories must exist
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent not in entries:
+                entries[parent] = Entry(_member(parent, tarfile.DIRTYPE, 0o755, 0, 0))
+    if "" not in entries:
+        entries[""] = Entry(_member("", tarfile.DIRTYPE, 0o755, 0, 0))
+    ordered = sorted(entries.items(), key=lambda kv: kv[0].split("/") if kv[0] else [])
+
+    # Re-anchor hardlink sets: the first name in sorted order carries the data.
+    def root(name: str) -> str:
+        seen = set()
+        while entries[name].info.islnk():
+            if name in seen:
+                raise PipelineError(f"base rootfs: hardlink loop at {name!r}",
+                                    hint="the tarball is malformed")
+            seen.add(name)
+            target = entries[name].info.linkname
+            if target not in entries:
+                raise PipelineError(f"base rootfs: hardlink {name!r} points to missing "
+                                    f"{target!r}", hint="the tarball is malformed")
+            name = target
+        return name
+
+    linked = {root(name) for name, e in ordered if e.info.islnk()}
+    anchors: dict[str, str] = {}
+    out: list[tuple[str, Entry]] = []
+    for name, e in ordered:
+        r = root(name) if e.info.islnk() else name
+        if r not in linked:
+            out.append((name, e))
+            continue
+        src = entries[r]
+        if not src.info.isreg():
+            raise PipelineError(f"base rootfs: hardlink to {r!r}, which is not a file",
+                                hint="the tarball is malformed")
+        ti = _copy_info(src.info, name)
+        if r not in anchors:
+            anchors[r] = name
+            out.append((name, Entry(ti, offset=src.offset, data=src.data, path=src.path)))
+        else:
+            ti.type = tarfile.LNKTYPE
+            ti.size = 0
+            ti.linkname = anchors[r]
+            out.append((name, Entry(ti)))
+    return out
+
+
+def _copy_info(ti: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
+    import copy
+
+    c = copy.copy(ti)
+    c.pax_headers = dict(ti.pax_headers)
+    c.name = name
+    return c
+
+
+def _header(e: Entry, name: str, sde: int | None) -> bytes:
+    ti = e.info
+    ti.name = f"./{name}" if name else "."
+    if ti.islnk():
+        ti.linkname = f"./{ti.linkname}"
+    ti.uname = ti.gname = ""
+    mtime = int(ti.mtime)
+    ti.mtime = min(mtime, sde) if sde is not None else mtime
+    ti.pax_headers = {k: v for k, v in ti.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+    if not ti.isreg():
+        ti.size = 0
+    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def write(entries: list[tuple[str, Entry]], base_fd: int, out_fd: int,
+          sde: int | None) -> None:
+    pad = b"\0" * BLOCK
+    for name, e in entries:
+        os.write(out_fd, _header(e, name, sde))
+        size = e.info.size if e.info.isreg() else 0
+        if not size:
+            continue
+        if e.offset is not None:
+            off, left = e.offset, size
+            while left:
+                n = os.copy_file_range(base_fd, out_fd, left, off)
+                if n == 0:
+                    raise EOFError(f"{name} is truncated in the base tarball")
+                off += n
+                left -= n
+        elif e.data is not None:
+            os.write(out_fd, e.data)
+        else:
+            assert e.path is not None
+            data = e.path.read_bytes()
+            if len(data) != size:
+                raise PipelineError(f"dotfiles: {e.path} changed while building",
+                                    hint="run the build again")
+            os.write(out_fd, data)
+        if size % BLOCK:
+            os.write(out_fd, pad[: BLOCK - size % BLOCK])
+    os.write(out_fd, b"\0" * (2 * BLOCK))
+
+
+def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
+              source_date_epoch: int | None) -> int:
+    """The customize stage. Returns the number of entries written."""
+    with tempfile.TemporaryDirectory(prefix="customize.", dir=work_dir) as tmp:
+        plain = plain_tar(base, Path(tmp))
+        entries, newest = _read_base(plain)
+        mtime = source_date_epoch if source_date_epoch is not None else newest
+        base_fd = os.open(plain, os.O_RDONLY)
+        try:
+            _apply_overlay(entries, base_fd, image, mtime)
+            ordered = _ordered(entries)
+            with atomic_path(out) as tmp_out:
+                fd = os.open(tmp_out, os.O_WRONLY | os.O_TRUNC)
+                try:
+                    write(ordered, base_fd, fd, source_date_epoch)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(base_fd)
+    return len(ordered)

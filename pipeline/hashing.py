@@ -1,0 +1,97 @@
+"""Content hashes: of files (memoised by stat identity), of trees, and of stage inputs.
+
+A file's hash is remembered under (device, inode, size, mtime_ns), so an up-to-date check
+never re-reads a multi-GB artifact that has not changed. The memo lives in one JSON file and
+is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from .fsutil import atomic_write_bytes
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class FileHashMemo:
+    """sha256 of files, remembered by stat identity in `memo_path`."""
+
+    def __init__(self, memo_path: Path) -> None:
+        self.memo_path = memo_path
+        self._dirty = False
+        try:
+            self._memo: dict[str, str] = json.loads(memo_path.read_text())
+        except (OSError, ValueError):
+            self._memo = {}
+
+    @staticmethod
+    def _identity(st: os.stat_result) -> str:
+        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+    def sha256(self, path: Path) -> str:
+        st = path.stat()
+        ident = self._identity(st)
+        cached = self._memo.get(ident)
+        if cached is not None:
+            return cached
+        digest = sha256_file(path)
+        self._memo[ident] = digest
+        self._dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self._dirty:
+            self.memo_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.memo_path, json.dumps(self._memo).encode())
+            self._dirty = False
+
+
+def tree_manifest(root: Path) -> dict[str, str]:
+    """{relative path: "mode:sha256"} for every entry under root (content, modes, names; no mtimes).
+
+    Directories map to "dir:MODE", symlinks to "link:TARGET". Sorted, so it hashes stably.
+    """
+    out: dict[str, str] = {}
+    if not root.exists():
+        return out
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            p = base / name
+            rel = p.relative_to(root).as_posix()
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = f"link:{os.readlink(p)}"
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = f"dir:{stat.S_IMODE(st.st_mode):o}"
+            elif stat.S_ISREG(st.st_mode):
+                out[rel] = f"{stat.S_IMODE(st.st_mode):o}:{sha256_file(p)}"
+            else:
+                out[rel] = f"special:{stat.S_IFMT(st.st_mode):o}"
+    return out
+
+
+def digest(value: Any) -> str:
+    """A stable hash of a JSON-able value (dict keys sorted)."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def stage_key(stage: str, version: int, inputs: dict[str, Any]) -> str:
+    """The store key of a stage's output: its name, its code version, and its inputs."""
+    return digest({"stage": stage, "version": version, "inputs": inputs})[:32]

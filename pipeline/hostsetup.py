@@ -1,0 +1,90 @@
+"""Set up this machine: Debian packages and the project's virtual environment.
+
+    python3 -m pipeline.hostsetup            # runtime: packages + .venv
+    python3 -m pipeline.hostsetup --tests    # also the test dependencies
+
+Idempotent and quick when already done: installed packages are asked of dpkg first, and the
+venv is reinstalled only when pyproject.toml changed. Uses the standard library only, since
+it runs before the venv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+
+PACKAGES = [
+    "qemu-system-x86", "qemu-utils", "btrfs-progs", "busybox-static", "zstd", "libmagic1",
+    "mmdebstrap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
+]
+TEST_PACKAGES: list[str] = []
+
+
+def missing_packages(names: list[str]) -> list[str]:
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *names],
+        capture_output=True, text=True, check=False,
+    ).stdout
+    installed = {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
+    return [n for n in names if n not in installed]
+
+
+def install_packages(names: list[str]) -> None:
+    missing = missing_packages(names)
+    if not missing:
+        print(f"setup: Debian packages present ({len(names)})")
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print(f"setup: installing {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                    *missing], check=True, env=env)
+
+
+def ensure_venv(extras: str) -> None:
+    stamp = VENV / ".installed"
+    def digest(e: str) -> str:
+        return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + e.encode()).hexdigest()
+
+    want = digest(extras)
+    done = stamp.read_text() if stamp.is_file() else ""
+    # a venv with the test extras also satisfies a runtime-only request
+    if done in (want, digest("test")) and (VENV / "bin" / "doit").exists():
+        print("setup: .venv up to date")
+        return
+    if not (VENV / "bin" / "python").exists():
+        print("setup: creating .venv")
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q",
+           "--disable-pip-version-check"]
+    target = f"{ROOT}[{extras}]" if extras else str(ROOT)
+    print(f"setup: installing the project into .venv ({extras or 'runtime'})")
+    subprocess.run([*pip, "-e", target], check=True)
+    stamp.write_text(want)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tests", action="store_true", help="also install the test dependencies")
+    args = ap.parse_args(argv)
+    if shutil.which("dpkg-query") is None:
+        print("setup: this is not a Debian-based system; install the equivalents of "
+              f"{' '.join(PACKAGES)} by hand", file=sys.stderr)
+    else:
+        install_packages(PACKAGES + (TEST_PACKAGES if args.tests else []))
+    ensure_venv("test" if args.tests else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

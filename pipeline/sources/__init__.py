@@ -1,0 +1,28 @@
+"""Where a base rootfs comes from: one module per source kind.
+
+Each source module offers two plain functions:
+    inputs(image, memo) -> StageInputs   what the base rootfs depends on (cheap, no build)
+    build(image, out)                     write the base rootfs tarball to `out`
+A new source (the Nix flake, for instance) is one new module registered in SOURCES.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ..config import SourceKind
+from ..errors import ConfigError
+from . import debian, tarball
+
+SOURCES: dict[SourceKind, ModuleType] = {
+    SourceKind.DEBIAN: debian,
+    SourceKind.TARBALL: tarball,
+}
+
+
+def source_for(kind: SourceKind) -> ModuleType:
+    try:
+        return SOURCES[kind]
+    except KeyError:
+        raise ConfigError(f"source {kind.value!r} is not available in this version",
+                          hint="use source = \"debian\" or \"tarball\"") from None

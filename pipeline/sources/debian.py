@@ -1,0 +1,97 @@
+"""Source `debian`: a Debian rootfs from mmdebstrap, using the host's configured apt mirror.
+
+The key hashes what mmdebstrap is asked for (suite, variant, architecture, packages, mirror),
+not the result: the archive moves on, so rebuild on purpose (`doit forget`, or change the
+package list) to pick up updates.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from pathlib import Path
+
+from ..config import Image
+from ..hashing import FileHashMemo
+from ..run import run
+from ..store import StageInputs
+
+VERSION = 1
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+ALWAYS = ("systemd-sysv",)  # minbase has no /sbin/init
+DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def host_mirror(suite: str, apt_dir: Path = Path("/etc/apt")) -> str:
+    """The first `deb` URI the host's apt sources use for `suite` (one-line or deb822)."""
+    one_line = [apt_dir / "sources.list", *sorted(map(Path, glob.glob(f"{apt_dir}/sources.list.d/*.list")))]
+    for path in one_line:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
+            if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
+                return words[1].rstrip("/")
+    for path in sorted(map(Path, glob.glob(f"{apt_dir}/sources.list.d/*.sources"))):
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for stanza in re.split(r"\n\s*\n", text):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if line.startswith("#") or ":" not in line or line[0].isspace():
+                    continue
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
+            if ("deb" in fields.get("types", "").split()
+                    and suite in fields.get("suites", "").split()
+                    and fields.get("enabled", "yes").lower() != "no"
+                    and fields.get("uris")):
+                return fields["uris"].split()[0].rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def packages(image: Image) -> list[str]:
+    assert image.debian is not None
+    return sorted(set(ALWAYS) | set(image.debian.packages))
+
+
+def mirror(image: Image) -> str:
+    assert image.debian is not None
+    return image.debian.mirror.rstrip("/") or host_mirror(image.debian.suite)
+
+
+def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
+    d = image.debian
+    assert d is not None
+    return StageInputs("base", VERSION, {
+        "source": "debian",
+        "suite": d.suite,
+        "variant": d.variant,
+        "arch": image.arch,
+        "packages": packages(image),
+        "mirror": mirror(image),
+    })
+
+
+def build(image: Image, out: Path) -> None:
+    """mmdebstrap straight into a plain tar at `out` (written beside it, then renamed)."""
+    d = image.debian
+    assert d is not None
+    tmp = out.with_name(f".{out.name}.partial.tar")
+    try:
+        run([
+            "mmdebstrap", "--quiet",
+            f"--variant={d.variant}",
+            f"--architectures={DEB_ARCH[image.arch]}",
+            f"--include={','.join(packages(image))}",
+            d.suite, tmp,
+            f"deb {mirror(image)} {d.suite} main",
+        ], hint=f"mmdebstrap could not build {d.suite}; check the mirror "
+                f"({mirror(image)}) and the package names in images.{image.name}.debian")
+        tmp.rename(out)
+    finally:
+        tmp.unlink(missing_ok=True)

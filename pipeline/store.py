@@ -1,0 +1,113 @@
+"""The content-addressed store under artifacts/store/.
+
+Every stage output lives at `store/<stage>/<key>/`, where the key hashes the *content* of the
+stage's inputs (see hashing.stage_key). A directory that exists under its final name is a
+complete entry: entries are built beside it under a temporary name and renamed into place.
+Each entry holds `inputs.json`, the named inputs that made the key, so a miss can say which
+input changed since the image's previous build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .fsutil import atomic_dir, atomic_write_bytes, link_or_copy
+from .hashing import stage_key
+
+INPUTS_FILE = "inputs.json"
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a stage's output depends on: named, JSON-able values (hashes, config values)."""
+
+    stage: str
+    version: int
+    inputs: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return stage_key(self.stage, self.version, self.inputs)
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, si: StageInputs) -> Path:
+        return self.root / "store" / si.stage / si.key
+
+    def has(self, si: StageInputs) -> bool:
+        return (self.path(si) / INPUTS_FILE).is_file()
+
+    @contextlib.contextmanager
+    def lock(self, si: StageInputs) -> Iterator[None]:
+        """Serialise builds of one key across processes (the second waits, then reuses)."""
+        lock_dir = self.root / "store" / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{si.stage}-{si.key}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def new_entry(self, si: StageInputs) -> Iterator[Path]:
+        """A temporary directory to build into; committed under its key on success."""
+        with atomic_dir(self.path(si)) as tmp:
+            yield tmp
+            payload = {"stage": si.stage, "version": si.version, "inputs": si.inputs}
+            (tmp / INPUTS_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True))
+
+
+# --- why did a stage run? -------------------------------------------------------------
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}/" if isinstance(v, dict) else f"{prefix}{k}"))
+        return out or {prefix.rstrip("/"): {}}
+    return {prefix: value}
+
+
+def changed_inputs(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """Names of the inputs that differ, deepest path first (e.g. `dotfiles/.bashrc`)."""
+    if previous is None:
+        return []
+    old, new = _flatten(previous), _flatten(current)
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def explain_miss(record: Path, si: StageInputs) -> str:
+    """One line saying why `si` is not in the store, compared with the image's last build."""
+    try:
+        previous = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return "no previous build of this image"
+    if previous.get("version") != si.version:
+        return f"stage code changed (version {previous.get('version')} -> {si.version})"
+    changed = changed_inputs(previous.get("inputs"), si.inputs)
+    if not changed:
+        return "the previous output is no longer in the store"
+    shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    return f"changed: {shown}"
+
+
+def record_build(record: Path, si: StageInputs) -> None:
+    payload = {"stage": si.stage, "version": si.version, "key": si.key, "inputs": si.inputs}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(record, json.dumps(payload, indent=1, sort_keys=True).encode())
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Give a store file its stable per-image name."""
+    link_or_copy(src, dst)

@@ -1,0 +1,112 @@
+"""Reading rootfs tarballs whatever their compression, sniffed with libmagic (not by name)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import lzma
+import shutil
+import tarfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import PipelineError
+
+FORMATS = ("tar", "gzip", "xz", "zstd")
+
+
+def sniff(path: Path) -> str:
+    """One of FORMATS, from the file's content."""
+    import magic
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+    except OSError as exc:
+        raise PipelineError(f"cannot read {path}: {exc.strerror}",
+                            hint="check the path and its permissions") from None
+    kind = magic.from_buffer(head, mime=True)
+    if kind in ("application/zstd", "application/x-zstd"):
+        return "zstd"
+    if kind in ("application/x-xz",):
+        return "xz"
+    if kind in ("application/gzip", "application/x-gzip"):
+        return "gzip"
+    if kind in ("application/x-tar", "application/x-gtar") or head[257:262] == b"ustar":
+        return "tar"
+    described = magic.from_buffer(head)
+    raise PipelineError(
+        f"{path} is not a rootfs tarball: libmagic says {described!r}",
+        hint="give a tar archive, optionally compressed with gzip, xz or zstd",
+    )
+
+
+class _ZstdReader(io.RawIOBase):
+    def __init__(self, raw: BinaryIO) -> None:
+        import zstandard
+
+        self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b):  # type: ignore[no-untyped-def]
+        data = self._reader.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+@contextlib.contextmanager
+def open_stream(path: Path) -> Iterator[BinaryIO]:
+    """The decompressed tar stream of `path`, buffered."""
+    fmt = sniff(path)
+    with open(path, "rb") as raw:
+        if fmt == "tar":
+            yield raw
+        elif fmt == "zstd":
+            yield io.BufferedReader(_ZstdReader(raw), buffer_size=1 << 20)  # type: ignore[arg-type]
+        elif fmt == "xz":
+            with lzma.open(raw) as f:
+                yield f  # type: ignore[misc]
+        else:
+            import gzip
+
+            with gzip.open(raw) as f:
+                yield f  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def open_tar(path: Path) -> Iterator[tarfile.TarFile]:
+    """A streaming TarFile over `path`; corrupt archives become a PipelineError."""
+    with open_stream(path) as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 20) as tf:
+                yield tf
+        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, OSError) as exc:
+            raise corrupt(path, exc) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("zstd"):
+                raise corrupt(path, exc) from None
+            raise
+
+
+def plain_tar(tarball: Path, work: Path) -> Path:
+    """`tarball` itself if uncompressed, else a decompressed copy in `work`."""
+    if sniff(tarball) == "tar":
+        return tarball
+    out = work / "rootfs.tar"
+    with open_stream(tarball) as src, open(out, "wb") as dst:
+        try:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        except Exception as exc:
+            raise corrupt(tarball, exc) from None
+    return out
+
+
+def corrupt(path: Path, exc: BaseException) -> PipelineError:
+    return PipelineError(
+        f"{path}: corrupt or truncated tarball ({type(exc).__name__}: {exc})",
+        hint="rebuild or re-download it; `tar -tf` on it shows where it breaks",
+    )

@@ -1,0 +1,173 @@
+"""The doit layer: wires the stages of build.py into tasks. No stage logic lives here.
+
+Tasks (see `doit list`):
+    build:baguette        every default image's baguette_rootfs.img.zst
+    verify:baguette       boot every default image with ChromeOS's disk layout
+    baguette:<image>      one image, by name (base:, rootfs:, pack: are its stages)
+    verify:<image>        boot one image
+    appliance             the VM helper's kernel + initramfs
+    bench                 the benchmarks in tests/bench/
+
+Up-to-date checks are store lookups (doit's `uptodate` hook), never doit's md5 of multi-GB
+files: a no-op run hashes no artifact. A stage error is reported as doit's TaskFailed with
+the pipeline's message and hint, without a Python traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from doit.exceptions import TaskFailed
+
+from . import build
+from .build import Context
+from .config import Config, Image
+from .errors import PipelineError
+
+T = TypeVar("T")
+
+
+def _action(fn: Callable[[], object]) -> Callable[[], TaskFailed | None]:
+    def run() -> TaskFailed | None:
+        try:
+            fn()
+        except PipelineError as exc:
+            return TaskFailed(f"error: {exc}")
+        except KeyboardInterrupt:
+            return TaskFailed("interrupted; nothing half-written was kept")
+        return None
+
+    return run
+
+
+def _check(fn: Callable[[], bool]) -> Callable[[], bool]:
+    """An uptodate callable; an error computing it means "run the task" (it then reports)."""
+    def check() -> bool:
+        try:
+            return fn()
+        except PipelineError:
+            return False
+
+    return check
+
+
+def _stage_tasks(ctx: Context, image: Image) -> Iterator[dict[str, Any]]:
+    n = image.name
+    yield {
+        "basename": "base", "name": n,
+        "doc": f"base rootfs of {n} ({image.source.value})",
+        "actions": [_action(lambda: build.base(ctx, image))],
+        "uptodate": [_check(lambda: ctx.store.has(ctx.base_inputs(image)))],
+        "verbosity": 2,
+    }
+    yield {
+        "basename": "rootfs", "name": n,
+        "doc": f"customized, normalised rootfs tarball of {n}",
+        "actions": [_action(lambda: build.rootfs(ctx, image))],
+        "uptodate": [_check(lambda: ctx.store.has(ctx.rootfs_inputs(image)))],
+        "task_dep": [f"base:{n}"],
+        "verbosity": 2,
+    }
+    yield {
+        "basename": "pack", "name": n,
+        "doc": f"raw btrfs image of {n}, packed through the VM helper",
+        "actions": [_action(lambda: build.raw_image(ctx, image))],
+        "uptodate": [_check(lambda: ctx.store.has(ctx.pack_inputs(image)))],
+        "task_dep": [f"rootfs:{n}", "appliance"],
+        "verbosity": 2,
+    }
+
+    def published() -> None:
+        out = build.baguette_image(ctx, image)
+        print(f"\n{image.name}: {out}\n{build.load_instructions(image, out)}\n")
+
+    yield {
+        "basename": "baguette", "name": n,
+        "doc": f"{n}: artifacts/{n}/{build.IMAGE_NAME}",
+        "actions": [_action(published)],
+        "uptodate": [_check(lambda: ctx.store.has(ctx.baguette_inputs(image))
+                            and build.is_published(ctx, image))],
+        "task_dep": [f"pack:{n}"],
+        "verbosity": 2,
+    }
+    yield {
+        "basename": "verify", "name": n,
+        "doc": f"boot {n} with ChromeOS's disk layout and check its init runs",
+        "actions": [_action(lambda: build.verify(ctx, image))],
+        "task_dep": [f"baguette:{n}", "appliance"],
+        "verbosity": 2,
+    }
+
+
+def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callable[[], Any]]:
+    """doit task creators by name (`task_<name>`), each with the docstring `doit list` shows."""
+    ctx = Context(config, source_date_epoch)
+    images = list(config.images.values())
+    defaults = config.build.default_images
+
+    def per_image(stage: str) -> Callable[[], Iterator[dict[str, Any]]]:
+        def creator() -> Iterator[dict[str, Any]]:
+            for image in images:
+                for t in _stage_tasks(ctx, image):
+                    if t["basename"] == stage:
+                        yield {k: v for k, v in t.items() if k != "basename"}
+            if stage == "verify":
+                yield {
+                    "name": "baguette",
+                    "doc": f"boot the default images ({', '.join(defaults)})",
+                    "actions": None,
+                    "task_dep": [f"verify:{n}" for n in defaults],
+                }
+        return creator
+
+    def task_appliance() -> dict[str, Any]:
+        return {
+            "actions": [_action(ctx.appliance)],
+            "uptodate": [_check(lambda: ctx.store.has(ctx.appliance_inputs()))],
+            "verbosity": 2,
+        }
+
+    def task_build() -> Iterator[dict[str, Any]]:
+        yield {
+            "name": "baguette",
+            "doc": f"build the default images' Baguette disks ({', '.join(defaults)})",
+            "actions": None,
+            "task_dep": [f"baguette:{n}" for n in defaults],
+        }
+
+    def task_bench() -> dict[str, Any]:
+        return {
+            "actions": [[sys.executable, "-m", "tests.bench"]],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
+    docs = {
+        "appliance": "the VM helper's appliance (host kernel + small initramfs)",
+        "build": "build:baguette builds the default images' baguette_rootfs.img.zst",
+        "bench": "benchmarks (tests/bench/): ratios against baselines measured in one run",
+        "base": "base:<image>: the base rootfs tarball from the image's source",
+        "rootfs": "rootfs:<image>: the customized, normalised rootfs tarball",
+        "pack": "pack:<image>: the raw btrfs image, packed through the VM helper",
+        "baguette": "baguette:<image>: build one image by name (compressed, validated)",
+        "verify": "verify:baguette boots the default images the way ChromeOS does",
+    }
+    out: dict[str, Callable[[], Any]] = {
+        "appliance": task_appliance, "build": task_build, "bench": task_bench}
+    for stage in ("base", "rootfs", "pack", "baguette", "verify"):
+        out[stage] = per_image(stage)
+    for name, fn in out.items():
+        fn.__doc__ = docs[name]
+    return {f"task_{name}": fn for name, fn in out.items()}
+
+
+def exit_on_config_error(fn: Callable[[], T]) -> T:
+    """Load the config for dodo.py; a config error ends doit with the message, not a trace."""
+    try:
+        return fn()
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
