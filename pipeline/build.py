@@ -171,9 +171,9 @@ def run_stage(ctx: Context, image: Image, si: StageInputs, title: str,
         if ctx.store.has(si):  # another process built it while we waited
             record_build(record, si)
             return entry
-        with step(f"{title} [{image.name}] ({explain_miss(record, si)})"):
-            with ctx.store.new_entry(si) as tmp:
-                build(tmp)
+        with step(f"{title} [{image.name}] ({explain_miss(record, si)})"), \
+                ctx.store.new_entry(si) as tmp:
+            build(tmp)
     record_build(record, si)
     ctx.memo.save()
     return entry

@@ -307,9 +307,9 @@ def _image(name: str, table: Any, base: Path) -> Image:
     label = b["label"] or ("nixos-root" if kind is SourceKind.NIX else "baguette-root")
     if len(label.encode()) > 255:
         raise ConfigError(f"{where}.baguette.label: too long", hint="btrfs labels hold 255 bytes")
-    if b["size"] is not None and b["size"] < 128 * 1024**2:
+    if b["size"] is not None and b["size"] < 256 * 1024**2:
         raise ConfigError(f"{where}.baguette.size: {b['size']} bytes is too small",
-                          hint="a btrfs image needs at least 128MiB; or use size = \"auto\"")
+                          hint="btrfs images here are at least 256MiB; or use size = \"auto\"")
 
     dotfiles = v["dotfiles"]
     if dotfiles is not None and not dotfiles.is_dir():

@@ -87,10 +87,10 @@ def extract(tarball: Path, tree: Path) -> Staged:
     known_dirs = {""}
     regular: dict[str, tarfile.TarInfo] = {}
     try:
-        tf = tarfile.open(tarball, "r:")
+        tf = tarfile.open(tarball, "r:")  # noqa: SIM115 (closed by the `with tf` below)
     except (tarfile.TarError, OSError) as exc:
         raise corrupt(tarball, exc) from None
-    src_fd = tf.fileobj.fileno()  # type: ignore[union-attr]
+    src_fd = tf.fileobj.fileno()  # type: ignore[union-attr,attr-defined]
     size = tarball.stat().st_size
     with tf, progress(size, "extracting") as bar:
         done = 0
@@ -214,33 +214,31 @@ def write_job(staged: Staged, label: str, job: Path) -> None:
             ti.mode = 0o644
             jt.addfile(ti, io.BytesIO(data))
 
-        add("params", f"LABEL='{label}'\n".encode())
+        add("label", label.encode())
         for (uid, gid), names in sorted(staged.owners.items()):
-            add(f"chown.{uid}:{gid}", b"".join(n.encode() + b"\0" for n in names))
+            add(f"chown.{uid}:{gid}", b"".join(os.fsencode(n) + b"\0" for n in names))
         for mode, names in sorted(staged.modes.items()):
-            add(f"chmod.{mode:04o}", b"".join(n.encode() + b"\0" for n in names))
-        if staged.special:
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as st:
-                parents = {"" if "/" not in _clean_name(m.name)
-                           else _clean_name(m.name).rpartition("/")[0]
-                           for m in staged.special}
-                for name in sorted(parents):
-                    d = staged.dirs.get(name)
-                    if d is not None:
-                        st.addfile(_renamed(d, name or "."))
-                for m in staged.special:
-                    name = _clean_name(m.name)
-                    if m.isreg():
-                        with open(staged.tree / name, "rb") as f:
-                            st.addfile(_renamed(m, name), f)
-                    elif m.islnk():
-                        link = _renamed(m, name)
-                        link.linkname = _clean_name(m.linkname)
-                        st.addfile(link)
-                    else:
-                        st.addfile(_renamed(m, name))
-            add("special.tar", buf.getvalue())
+            add(f"chmod.{mode:04o}", b"".join(os.fsencode(n) + b"\0" for n in names))
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as st:
+            # the root's metadata too: the snapshot made it the subvolume's root anew
+            parents = {""} | {_clean_name(m.name).rpartition("/")[0] for m in staged.special}
+            for name in sorted(parents):
+                d = staged.dirs.get(name)
+                if d is not None:
+                    st.addfile(_renamed(d, name or "."))
+            for m in staged.special:
+                name = _clean_name(m.name)
+                if m.isreg():
+                    with open(staged.tree / name, "rb") as f:
+                        st.addfile(_renamed(m, name), f)
+                elif m.islnk():
+                    link = _renamed(m, name)
+                    link.linkname = _clean_name(m.linkname)
+                    st.addfile(link)
+                else:
+                    st.addfile(_renamed(m, name))
+        add("special.tar", buf.getvalue())
 
 
 def _renamed(m: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
@@ -261,15 +259,19 @@ def mkfs(tree: Path, image: Path, label: str) -> int:
     return image.stat().st_size
 
 
+MIN_SIZE = 256 << 20  # the kernel refuses to resize a btrfs to less
+
+
 def plan_size(content: int, fixed: int | None, slack: int) -> int:
+    """The image size: the fixed one, or content + slack in whole MiB, at least MIN_SIZE."""
     if fixed is not None:
         if fixed < content:
             raise PipelineError(
                 f"baguette.size is {fixed} bytes but the content needs {content} bytes",
                 hint="raise baguette.size or set it to \"auto\" (content + slack)")
         return fixed
-    total = content + slack
-    return (total + (1 << 20) - 1) // (1 << 20) << 20  # whole MiB
+    total = max(content + slack, MIN_SIZE)
+    return (total + (1 << 20) - 1) // (1 << 20) << 20
 
 
 def pack(tarball: Path, image: Path, *, label: str, fixed_size: int | None, slack: int,

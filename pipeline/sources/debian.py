@@ -24,7 +24,8 @@ DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 def host_mirror(suite: str, apt_dir: Path = Path("/etc/apt")) -> str:
     """The first `deb` URI the host's apt sources use for `suite` (one-line or deb822)."""
-    one_line = [apt_dir / "sources.list", *sorted(map(Path, glob.glob(f"{apt_dir}/sources.list.d/*.list")))]
+    listed = sorted(map(Path, glob.glob(f"{apt_dir}/sources.list.d/*.list")))
+    one_line = [apt_dir / "sources.list", *listed]
     for path in one_line:
         try:
             text = path.read_text()
