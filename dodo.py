@@ -1,5 +1,9 @@
-"""doit entry point: load images.toml, ask the pipeline for its tasks. Run `doit list`."""
+"""doit entry point: load images.toml, ask the pipeline for its tasks. Run `doit list`.
 
+IMAGES_TOML=path/to/other.toml selects another config file.
+"""
+
+import os
 from pathlib import Path
 
 from pipeline import config
@@ -13,6 +17,7 @@ DOIT_CONFIG = {
     "backend": "json",
 }
 
-CONFIG = exit_on_config_error(lambda: config.load(Path(__file__).parent / "images.toml"))
+CONFIG_PATH = Path(os.environ.get("IMAGES_TOML") or Path(__file__).parent / "images.toml")
+CONFIG = exit_on_config_error(lambda: config.load(CONFIG_PATH.resolve()))
 
 globals().update(creators(CONFIG, exit_on_config_error(source_date_epoch)))

@@ -66,10 +66,12 @@ def probe_kvm(appliance: Appliance, log_path: Path) -> str | None:
     return None
 
 
-def choose(setting: Accel, appliance: Appliance, cache_dir: Path) -> Choice:
+def choose(setting: Accel, appliance: Appliance, cache_dir: Path,
+           kvm_device: Path = Path("/dev/kvm")) -> Choice:
+    """The accelerator for `setting`, probing KVM once per host; logs which and why."""
     if setting is Accel.TCG:
         return _say(Choice(Accel.TCG, "build.accel = \"tcg\""))
-    problem = kvm_device_problem()
+    problem = kvm_device_problem(kvm_device)
     if problem is None:
         verdict_file = cache_dir / "kvm-verdict.json"
         host = _host_id()

@@ -47,19 +47,22 @@ def compress(image: Path, out: Path, *, level: int, threads: int = -1) -> int:
     with atomic_path(out) as tmp, open(tmp, "wb") as dst, open(image, "rb") as src, \
             progress(size, "compressing") as bar:
         fd = src.fileno()
-        with cctx.stream_writer(dst, size=size, closefd=False) as writer:
-            for offset, length, is_data in data_segments(fd, size):
-                done = 0
-                while done < length:
-                    n = min(CHUNK, length - done)
-                    if is_data:
-                        chunk = os.pread(fd, n, offset + done)
-                        if len(chunk) != n:
-                            raise OSError(f"{image} shrank while compressing")
-                        writer.write(chunk)
-                    else:
-                        writer.write(_ZEROS[:n])
-                    done += n
-                    bar.update(n)
+        # Not `with`: on an error, ending the frame fails on its pledged size and that
+        # ZstdError would hide the real cause (the temporary file is discarded anyway).
+        writer = cctx.stream_writer(dst, size=size, closefd=False)
+        for offset, length, is_data in data_segments(fd, size):
+            done = 0
+            while done < length:
+                n = min(CHUNK, length - done)
+                if is_data:
+                    chunk = os.pread(fd, n, offset + done)
+                    if len(chunk) != n:
+                        raise OSError(f"{image} shrank while compressing")
+                    writer.write(chunk)
+                else:
+                    writer.write(_ZEROS[:n])
+                done += n
+                bar.update(n)
+        writer.close()  # ends the frame; dst stays open (closefd=False)
         dst.flush()
     return out.stat().st_size

@@ -28,7 +28,7 @@ from .fsutil import atomic_path
 from .hashing import tree_manifest
 from .log import info
 from .store import StageInputs
-from .tarballs import corrupt, plain_tar
+from .tarballs import members, open_plain, plain_tar
 
 VERSION = 1
 BLOCK = tarfile.BLOCKSIZE
@@ -67,20 +67,14 @@ def _read_base(base: Path) -> tuple[dict[str, Entry], int]:
     """Members of the plain tar `base` by normalised name (the last duplicate wins)."""
     entries: dict[str, Entry] = {}
     newest = 0
-    try:
-        with tarfile.open(base, "r:") as tf:
-            for m in tf:
-                name = _norm(m.name)
-                if m.islnk():
-                    m.linkname = _norm(m.linkname)
-                entries[name] = Entry(m, offset=m.offset_data if m.isreg() else None)
-                newest = max(newest, int(m.mtime))
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise corrupt(base, exc) from None
-    size = base.stat().st_size
-    for name, e in entries.items():
-        if e.offset is not None and e.offset + e.info.size > size:
-            raise corrupt(base, EOFError(f"{name} is truncated"))
+    tf = open_plain(base)
+    with tf:
+        for m in members(tf, base):
+            name = _norm(m.name)
+            if m.islnk():
+                m.linkname = _norm(m.linkname)
+            entries[name] = Entry(m, offset=m.offset_data if m.isreg() else None)
+            newest = max(newest, int(m.mtime))
     return entries, newest
 
 

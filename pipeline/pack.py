@@ -38,7 +38,7 @@ from .config import Accel
 from .errors import PipelineError
 from .log import info, progress, step
 from .run import run
-from .tarballs import corrupt, plain_tar
+from .tarballs import members, open_plain, plain_tar
 from .vm import Disk, boot
 
 VERSION = 1
@@ -86,21 +86,12 @@ def extract(tarball: Path, tree: Path) -> Staged:
     uid, gid = os.getuid(), os.getgid()
     known_dirs = {""}
     regular: dict[str, tarfile.TarInfo] = {}
-    try:
-        tf = tarfile.open(tarball, "r:")  # noqa: SIM115 (closed by the `with tf` below)
-    except (tarfile.TarError, OSError) as exc:
-        raise corrupt(tarball, exc) from None
+    tf = open_plain(tarball)
     src_fd = tf.fileobj.fileno()  # type: ignore[union-attr,attr-defined]
     size = tarball.stat().st_size
     with tf, progress(size, "extracting") as bar:
         done = 0
-        while True:
-            try:
-                m = tf.next()
-            except (tarfile.TarError, EOFError, OSError) as exc:
-                raise corrupt(tarball, exc) from None
-            if m is None:
-                break
+        for m in members(tf, tarball):
             name = _clean_name(m.name)
             parent = name.rpartition("/")[0]
             if parent not in known_dirs:
@@ -119,8 +110,6 @@ def extract(tarball: Path, tree: Path) -> Staged:
                 os.chmod(path, _host_mode(m))
             elif m.isreg():
                 _clear(path)
-                if m.offset_data + m.size > size:
-                    raise corrupt(tarball, EOFError(f"{m.name} is truncated"))
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 try:
                     _copy_range(src_fd, fd, m.offset_data, m.size)

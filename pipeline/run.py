@@ -56,7 +56,7 @@ def require(tool: str) -> str:
         raise ToolError(
             f"host tool {tool!r} is not installed",
             hint=f"install the Debian package {package!r} "
-            f"(apt-get install {package}), or run `python3 -m pipeline.setup`",
+            f"(apt-get install {package}), or run `python3 -m pipeline.hostsetup`",
         )
     return path
 

@@ -7,7 +7,6 @@ import io
 import lzma
 import shutil
 import tarfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -77,21 +76,6 @@ def open_stream(path: Path) -> Iterator[BinaryIO]:
                 yield f  # type: ignore[misc]
 
 
-@contextlib.contextmanager
-def open_tar(path: Path) -> Iterator[tarfile.TarFile]:
-    """A streaming TarFile over `path`; corrupt archives become a PipelineError."""
-    with open_stream(path) as stream:
-        try:
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 20) as tf:
-                yield tf
-        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, OSError) as exc:
-            raise corrupt(path, exc) from None
-        except Exception as exc:
-            if type(exc).__module__.startswith("zstd"):
-                raise corrupt(path, exc) from None
-            raise
-
-
 def plain_tar(tarball: Path, work: Path) -> Path:
     """`tarball` itself if uncompressed, else a decompressed copy in `work`."""
     if sniff(tarball) == "tar":
@@ -110,3 +94,35 @@ def corrupt(path: Path, exc: BaseException) -> PipelineError:
         f"{path}: corrupt or truncated tarball ({type(exc).__name__}: {exc})",
         hint="rebuild or re-download it; `tar -tf` on it shows where it breaks",
     )
+
+
+def open_plain(path: Path) -> tarfile.TarFile:
+    """A plain tar opened for reading by offset; an unreadable one is a PipelineError."""
+    try:
+        return tarfile.open(path, "r:")
+    except (tarfile.TarError, OSError) as exc:
+        raise corrupt(path, exc) from None
+
+
+def members(tf: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
+    """The members of a plain tar opened with mode "r:", refusing a truncated archive.
+
+    tarfile ends quietly at a header cut short; a complete archive ends with a zero block
+    right after its last member, so anything else there means the file was truncated.
+    """
+    size = path.stat().st_size
+    while True:
+        try:
+            m = tf.next()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise corrupt(path, exc) from None
+        if m is None:
+            break
+        if m.isreg() and m.offset_data + m.size > size:
+            raise corrupt(path, EOFError(f"{m.name} is cut short"))
+        yield m
+    with open(path, "rb") as f:
+        f.seek(tf.offset)  # where tarfile stopped: the end block, or a cut-short header
+        block = f.read(tarfile.BLOCKSIZE)
+    if len(block) != tarfile.BLOCKSIZE or block.strip(b"\0"):
+        raise corrupt(path, EOFError("the archive ends without its end-of-archive block"))

@@ -1,20 +1,22 @@
 """Source `tarball`: an existing rootfs tarball (tar, gzip, xz or zstd; sniffed, not named).
 
-The base rootfs is the file as given; its key is its content hash, so replacing the file
-with different bytes rebuilds, and touching it does not.
+The base rootfs is the archive, decompressed and checked to its end-of-archive block; its key
+is the file's content hash, so replacing the file with other bytes rebuilds and touching it
+does not.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from ..config import Image
 from ..fsutil import atomic_path
 from ..hashing import FileHashMemo
 from ..store import StageInputs
-from ..tarballs import open_tar, sniff
+from ..tarballs import corrupt, members, open_plain, open_stream
 
-VERSION = 1
+VERSION = 2
 
 
 def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
@@ -26,13 +28,16 @@ def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
 
 
 def build(image: Image, out: Path) -> None:
-    """Check the tarball reads to its end, then store it as the base rootfs."""
+    """Decompress the tarball into `out` as a plain tar, refusing a corrupt one."""
     assert image.tarball is not None
     src = image.tarball.path
-    sniff(src)  # a clear error for a file that is no tarball at all
-    with open_tar(src) as tf:
-        for _ in tf:
-            pass
-    with atomic_path(out) as tmp, open(src, "rb") as f, open(tmp, "wb") as g:
-        while chunk := f.read(1 << 20):
-            g.write(chunk)
+    with atomic_path(out) as tmp:
+        with open_stream(src) as stream, open(tmp, "wb") as dst:
+            try:
+                shutil.copyfileobj(stream, dst, 1 << 20)
+            except Exception as exc:  # lzma, zlib and zstd each raise their own type
+                raise corrupt(src, exc) from None
+        tf = open_plain(tmp)
+        with tf:
+            for _ in members(tf, tmp):
+                pass

@@ -1,0 +1,104 @@
+"""The VM helper's failure paths, with the real QEMU: a guest that reports an error, a guest
+that hangs, KVM forced where it is unusable, and what `auto` decides on this host."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pipeline import pack
+from pipeline.accel import choose, kvm_device_problem
+from pipeline.appliance import Appliance
+from pipeline.config import Accel
+from pipeline.errors import GuestError, PipelineError
+from pipeline.vm import boot
+
+pytestmark = pytest.mark.vm
+
+
+def _tar(path: Path, names: list[str]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for name in names:
+            ti = tarfile.TarInfo(name)
+            if name.endswith("/"):
+                ti.type = tarfile.DIRTYPE
+                ti.mode = 0o755
+                tf.addfile(ti)
+            else:
+                ti.size = 3
+                tf.addfile(ti, io.BytesIO(b"abc"))
+    return path
+
+
+def test_guest_error_names_the_console_log(appliance: Appliance, tmp_path: Path) -> None:
+    """A tree that already holds /rootfs_subvol makes the guest refuse; the message says so
+    and names the console log, which is kept."""
+    tarball = _tar(tmp_path / "r.tar", ["./", "./rootfs_subvol/", "./rootfs_subvol/x"])
+    log = tmp_path / "logs" / "pack.console.log"
+    with pytest.raises(GuestError) as err:
+        pack.pack(tarball, tmp_path / "disk.img", label="x", fixed_size=None, slack=0,
+                  appliance=appliance, accel=Accel.TCG, timeout=300, memory_mib=256,
+                  log_path=log, work_dir=tmp_path)
+    assert "rootfs_subvol" in err.value.message
+    assert str(log) in err.value.message
+    assert "@@ERROR" in log.read_text()
+    assert not list(tmp_path.glob("pack.*")), "the staging directory was left behind"
+
+
+def test_hung_guest_is_killed(appliance: Appliance, tmp_path: Path) -> None:
+    """A guest still running at the timeout is killed; the error names the kept log."""
+    log = tmp_path / "hang.console.log"
+    with pytest.raises(GuestError, match="did not finish within 1 s") as err:
+        # pack mode with no disks waits for them (10 s) longer than the timeout
+        boot(appliance, Accel.TCG, [], "appliance.mode=pack", log_path=log, timeout=1,
+             memory_mib=256, what="pack", expect="PACKED")
+    assert err.value.console_log == str(log)
+    assert log.exists()
+
+
+def test_guest_that_stops_without_result(appliance: Appliance, tmp_path: Path) -> None:
+    with pytest.raises(GuestError, match="unknown appliance.mode"):
+        boot(appliance, Accel.TCG, [], "appliance.mode=nonsense", log_path=tmp_path / "l",
+             timeout=120, memory_mib=256, expect="PACKED")
+
+
+def test_kvm_forced_but_missing(appliance: Appliance, tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match='build.accel = "kvm" but KVM is unusable') as err:
+        choose(Accel.KVM, appliance, tmp_path, kvm_device=tmp_path / "no-kvm")
+    assert "does not exist" in err.value.message
+    assert "tcg" in err.value.hint
+
+
+def test_tcg_forced_never_probes(appliance: Appliance, tmp_path: Path) -> None:
+    assert choose(Accel.TCG, appliance, tmp_path).accel is Accel.TCG
+    assert not (tmp_path / "kvm-verdict.json").exists()
+
+
+def test_auto_on_this_host(appliance: Appliance, tmp_path: Path) -> None:
+    """`auto` picks KVM only if a real KVM boot works here, says why, and remembers it."""
+    first = choose(Accel.AUTO, appliance, tmp_path)
+    problem = kvm_device_problem()
+    if problem is not None:
+        assert first.accel is Accel.TCG and problem in first.reason
+        return
+    second = choose(Accel.AUTO, appliance, tmp_path)
+    assert second.accel is first.accel
+    assert "probed" in first.reason and "remembered" in second.reason
+    if first.accel is Accel.TCG:
+        assert "present but broken" in first.reason
+        with pytest.raises(PipelineError, match="KVM is unusable"):
+            choose(Accel.KVM, appliance, tmp_path)
+
+
+def test_corrupt_tarball_is_refused_before_the_vm(appliance: Appliance, tmp_path: Path) -> None:
+    good = _tar(tmp_path / "good.tar", ["./", "./a", "./b"]).read_bytes()
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(good[:700])  # cut inside the second member
+    with pytest.raises(PipelineError, match="corrupt or truncated"):
+        pack.pack(bad, tmp_path / "disk.img", label="x", fixed_size=None, slack=0,
+                  appliance=appliance, accel=Accel.TCG, timeout=300, memory_mib=256,
+                  log_path=tmp_path / "c.log", work_dir=tmp_path)
+    assert not (tmp_path / "c.log").exists(), "the VM should not have started"
