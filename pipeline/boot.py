@@ -90,7 +90,7 @@ def boot_image(zst: Path, *, appliance: Appliance, accel: Accel, timeout: float,
         result = boot(appliance, accel,
                       [Disk(tools, TOOLS_LABEL, readonly=True), Disk(rootfs, "rootfs")],
                       cmdline, log_path=log_path, timeout=timeout, memory_mib=memory_mib,
-                      what="boot test", machine="q35")
+                      what="boot test")
     release = parse_os_release(result.console)
     if "ID" not in release:
         raise GuestError(
