@@ -24,8 +24,8 @@ VENV = ROOT / ".venv"
 
 PACKAGES = [
     "qemu-system-x86", "qemu-utils", "btrfs-progs", "busybox-static", "zstd", "libmagic1",
-    "mmdebstrap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
-]
+    "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
+]  # uidmap: mmdebstrap's unshare mode, used when the build does not run as root
 TEST_PACKAGES: list[str] = []
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, TypeVar
 
 from doit.exceptions import TaskFailed
@@ -25,6 +26,7 @@ from . import build
 from .build import Context
 from .config import Config, Image
 from .errors import PipelineError
+from .store import StageInputs
 
 T = TypeVar("T")
 
@@ -53,31 +55,29 @@ def _check(fn: Callable[[], bool]) -> Callable[[], bool]:
     return check
 
 
+def _in_store(ctx: Context, inputs: Callable[[Image], StageInputs], image: Image) -> bool:
+    return ctx.store.has(inputs(image))
+
+
 def _stage_tasks(ctx: Context, image: Image) -> Iterator[dict[str, Any]]:
     n = image.name
-    yield {
-        "basename": "base", "name": n,
-        "doc": f"base rootfs of {n} ({image.source.value})",
-        "actions": [_action(lambda: build.base(ctx, image))],
-        "uptodate": [_check(lambda: ctx.store.has(ctx.base_inputs(image)))],
-        "verbosity": 2,
-    }
-    yield {
-        "basename": "rootfs", "name": n,
-        "doc": f"customized, normalised rootfs tarball of {n}",
-        "actions": [_action(lambda: build.rootfs(ctx, image))],
-        "uptodate": [_check(lambda: ctx.store.has(ctx.rootfs_inputs(image)))],
-        "task_dep": [f"base:{n}"],
-        "verbosity": 2,
-    }
-    yield {
-        "basename": "pack", "name": n,
-        "doc": f"raw btrfs image of {n}, packed through the VM helper",
-        "actions": [_action(lambda: build.raw_image(ctx, image))],
-        "uptodate": [_check(lambda: ctx.store.has(ctx.pack_inputs(image)))],
-        "task_dep": [f"rootfs:{n}", "appliance"],
-        "verbosity": 2,
-    }
+    stages: list[tuple[str, str, Callable[[Context, Image], object],
+                       Callable[[Image], StageInputs], list[str]]] = [
+        ("base", f"base rootfs of {n} ({image.source.value})",
+         build.base, ctx.base_inputs, []),
+        ("rootfs", f"customized, normalised rootfs tarball of {n}",
+         build.rootfs, ctx.rootfs_inputs, [f"base:{n}"]),
+        ("pack", f"raw btrfs image of {n}, packed through the VM helper",
+         build.raw_image, ctx.pack_inputs, [f"rootfs:{n}", "appliance"]),
+    ]
+    for basename, doc, stage, inputs, deps in stages:
+        yield {
+            "basename": basename, "name": n, "doc": doc,
+            "actions": [_action(partial(stage, ctx, image))],
+            "uptodate": [_check(partial(_in_store, ctx, inputs, image))],
+            "task_dep": deps,
+            "verbosity": 2,
+        }
 
     def published() -> None:
         out = build.baguette_image(ctx, image)
