@@ -60,7 +60,8 @@ def probe_kvm(appliance: Appliance, log_path: Path) -> str | None:
     """Boot the appliance under KVM; None if it worked, else why not."""
     try:
         boot(appliance, Accel.KVM, [], "appliance.mode=probe", log_path=log_path,
-             timeout=PROBE_TIMEOUT, memory_mib=256, what="KVM probe", expect="READY")
+             timeout=PROBE_TIMEOUT, memory_mib=256, what="KVM probe", expect="READY",
+             retry=False)
     except GuestError as exc:
         return exc.message.split("\n")[0]
     return None

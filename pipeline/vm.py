@@ -117,19 +117,20 @@ def _run_qemu(argv: list[str], log_path: Path, timeout: float,
 
 def boot(appliance: Appliance, accel: Accel, disks: list[Disk], cmdline: str, *,
          log_path: Path, timeout: float, memory_mib: int = 1024, what: str = "VM helper",
-         expect: str | None = None) -> GuestResult:
+         expect: str | None = None, retry: bool = True) -> GuestResult:
     """Boot the appliance and wait for it to power off; raise GuestError on any failure.
 
     `expect` names the marker that means success (e.g. "PACKED"); `@@ERROR` always fails.
     A guest that has not even reached the appliance's /init by BOOT_DEADLINE is killed and
-    started once more: emulated boots very rarely stall before the kernel prints anything.
+    started once more (unless `retry` is false): emulated boots very rarely stall before the
+    kernel prints anything.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = qemu_argv(appliance, accel, disks, cmdline, memory_mib, log_path)
     start = time.monotonic()
     for attempt in (1, 2):
         code, stderr, booted = _run_qemu(argv, log_path, timeout, min(BOOT_DEADLINE, timeout))
-        if code is not None or booted or attempt == 2:
+        if code is not None or booted or attempt == 2 or not retry:
             break
         warn(f"{what}: the guest did not start within {BOOT_DEADLINE:.0f} s; starting it again")
     if code is None:
