@@ -15,12 +15,13 @@ logs why it was missing, and records the inputs for the next explanation.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import appliance as appliance_mod
-from . import compress, customize, pack, validate
+from . import compress, customize, lxc, pack, validate
 from .accel import choose
 from .boot import boot_image
 from .config import Config, Image
@@ -140,6 +141,24 @@ class Context:
             "level": image.baguette.compression_level,
         })
 
+    def lxc_inputs(self, image: Image) -> StageInputs:
+        return self._memo_key("lxc", image, self._lxc_inputs)
+
+    def _lxc_inputs(self, image: Image) -> StageInputs:
+        x = image.lxc
+        return StageInputs("lxc", lxc.VERSION, {
+            "rootfs": self.rootfs_inputs(image).key,
+            "rootfs_format": x.rootfs_format,
+            "unified": x.unified,
+            "level": x.compression_level,
+            "variant": x.variant,
+            "release": x.release,
+            "expiry_days": x.expiry_days,
+            "description": image.description,
+            "arch": image.arch,
+            "source_date_epoch": self.source_date_epoch,
+        })
+
     # --- paths of built entries -------------------------------------------------------
 
     def base_tarball(self, image: Image) -> Path:
@@ -235,15 +254,61 @@ def baguette_image(ctx: Context, image: Image) -> Path:
     return out_dir / IMAGE_NAME
 
 
-def is_published(ctx: Context, image: Image) -> bool:
-    """The per-image name points at the current store entry (same file, or same bytes)."""
-    src, dst = ctx.baguette_image(image), ctx.published_image(image)
+def _same_file(ctx: Context, src: Path, dst: Path) -> bool:
     try:
-        if os.path.samefile(src, dst):
-            return True
-        return ctx.memo.sha256(src) == ctx.memo.sha256(dst)
+        return os.path.samefile(src, dst) or ctx.memo.sha256(src) == ctx.memo.sha256(dst)
     except OSError:
         return False
+
+
+def is_published(ctx: Context, image: Image) -> bool:
+    """The per-image name points at the current store entry (same file, or same bytes)."""
+    return _same_file(ctx, ctx.baguette_image(image), ctx.published_image(image))
+
+
+def lxc_files(ctx: Context, image: Image) -> list[str]:
+    entry = ctx.store.path(ctx.lxc_inputs(image))
+    return (entry / "files").read_text().split()
+
+
+def lxc_is_published(ctx: Context, image: Image) -> bool:
+    entry = ctx.store.path(ctx.lxc_inputs(image))
+    out = ctx.output_dir(image) / "lxc"
+    return all(_same_file(ctx, entry / f, out / f) for f in [*lxc_files(ctx, image),
+                                                              "fingerprint"])
+
+
+def lxc_image(ctx: Context, image: Image) -> tuple[list[Path], str]:
+    """The Crostini image of `image`: its files under artifacts/<image>/lxc/, fingerprint."""
+    rootfs_tar = ctx.rootfs_tarball(image)
+    x = image.lxc
+
+    def build_lxc(d: Path) -> None:
+        opts = lxc.Options(x.rootfs_format, x.unified, x.compression_level, image.description,
+                           x.variant, x.release, x.expiry_days, image.arch)
+        created = ctx.source_date_epoch or int(time.time())
+        result = lxc.build(rootfs_tar, d, opts, creation_date=created, work=d)
+        (d / "files").write_text(result["files"] + "\n")
+        (d / "fingerprint").write_text(result["fingerprint"] + "\n")
+        sizes = ", ".join(f"{f} {(d / f).stat().st_size / 2**20:.1f} MiB"
+                          for f in result["files"].split())
+        info(f"{sizes}; fingerprint {result['fingerprint'][:12]}")
+
+    entry = run_stage(ctx, image, ctx.lxc_inputs(image), "Writing the LXC image", build_lxc)
+    out_dir = ctx.output_dir(image) / "lxc"
+    names = (entry / "files").read_text().split()
+    for name in [*names, "fingerprint"]:
+        publish(entry / name, out_dir / name)
+    ctx.memo.save()
+    return [out_dir / n for n in names], (entry / "fingerprint").read_text().strip()
+
+
+def lxc_instructions(image: Image, files: list[Path], fp: str) -> str:
+    names = " ".join(f.name for f in files)
+    return (f"Load it in Crostini: copy {names} into the Linux files, then in the termina VM "
+            f"(crosh: vsh termina):\n  lxc image import {names} --alias {image.name}\n"
+            f"  lxc launch {image.name} {image.name}-1\n"
+            f"LXD fingerprint: {fp}")
 
 
 def baguette(ctx: Context, image: Image) -> Path:

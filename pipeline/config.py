@@ -110,12 +110,26 @@ BAGUETTE_SETTINGS = (
     Setting("compression_level", "int", 3, "zstd level of baguette_rootfs.img.zst (1-19)."),
 )
 
+LXC_SETTINGS = (
+    Setting("rootfs_format", "enum:tar.xz,squashfs", "tar.xz",
+            "Crostini rootfs as `rootfs.tar.xz` (every LXD) or `rootfs.squashfs`."),
+    Setting("unified", "bool", False,
+            "One `image.tar.xz` (metadata.yaml + templates/ + rootfs/) instead of two files."),
+    Setting("compression_level", "int", 1,
+            "xz level of the LXC tarballs (0-9): 1 packs the default image in ~9 s, 6 in ~70 s."),
+    Setting("variant", "str", "default", "The image's `variant` property."),
+    Setting("release", "str", "",
+            "The image's `release` property; default: VERSION_CODENAME from os-release."),
+    Setting("expiry_days", "int", 0, "Days until LXD's `expiry_date`; 0 for none."),
+)
+
 SECTIONS: dict[str, tuple[Setting, ...]] = {
     "build": BUILD_SETTINGS,
     "images.<name>": IMAGE_SETTINGS,
     "images.<name>.debian": DEBIAN_SETTINGS,
     "images.<name>.tarball": TARBALL_SETTINGS,
     "images.<name>.baguette": BAGUETTE_SETTINGS,
+    "images.<name>.lxc": LXC_SETTINGS,
 }
 
 
@@ -144,6 +158,16 @@ class BaguetteOptions:
 
 
 @dataclass(frozen=True)
+class LxcOptions:
+    rootfs_format: str
+    unified: bool
+    compression_level: int
+    variant: str
+    release: str
+    expiry_days: int
+
+
+@dataclass(frozen=True)
 class Image:
     name: str
     source: SourceKind
@@ -156,6 +180,7 @@ class Image:
     debian: DebianSource | None
     tarball: TarballSource | None
     baguette: BaguetteOptions
+    lxc: LxcOptions
 
 
 @dataclass(frozen=True)
@@ -280,7 +305,7 @@ def _image(name: str, table: Any, base: Path) -> Image:
     if not _NAME_RE.match(name):
         raise ConfigError(f"{where}: bad image name",
                           hint="use lowercase letters, digits and '-' (it names files and tasks)")
-    v = _section(where, table, IMAGE_SETTINGS, base, ("debian", "tarball", "baguette"))
+    v = _section(where, table, IMAGE_SETTINGS, base, ("debian", "tarball", "baguette", "lxc"))
     kind = SourceKind(_required(where, v, "source", IMAGE_SETTINGS))
 
     debian = tarball = None
@@ -311,6 +336,19 @@ def _image(name: str, table: Any, base: Path) -> Image:
         raise ConfigError(f"{where}.baguette.size: {b['size']} bytes is too small",
                           hint="btrfs images here are at least 256MiB; or use size = \"auto\"")
 
+    x = _section(f"{where}.lxc", table.get("lxc", {}), LXC_SETTINGS, base)
+    if not 0 <= x["compression_level"] <= 9:
+        raise ConfigError(f"{where}.lxc.compression_level: {x['compression_level']} "
+                          "is out of range", hint="xz levels go from 0 to 9")
+    if x["unified"] and x["rootfs_format"] != "tar.xz":
+        raise ConfigError(f"{where}.lxc.unified: a unified image holds a tar rootfs, not "
+                          f"{x['rootfs_format']}", hint="set unified = false for squashfs")
+    if x["expiry_days"] < 0:
+        raise ConfigError(f"{where}.lxc.expiry_days: cannot be negative",
+                          hint="0 means no expiry date")
+    lxc = LxcOptions(x["rootfs_format"], x["unified"], x["compression_level"], x["variant"],
+                     x["release"], x["expiry_days"])
+
     dotfiles = v["dotfiles"]
     if dotfiles is not None and not dotfiles.is_dir():
         if "dotfiles" in table:
@@ -334,6 +372,7 @@ def _image(name: str, table: Any, base: Path) -> Image:
         debian=debian,
         tarball=tarball,
         baguette=BaguetteOptions(label, b["size"], b["slack"], b["compression_level"]),
+        lxc=lxc,
     )
 
 

@@ -28,10 +28,9 @@ from .fsutil import atomic_path
 from .hashing import tree_manifest
 from .log import info
 from .store import StageInputs
-from .tarballs import members, open_plain, plain_tar
+from .tarballs import TarWriter, members, open_plain, plain_tar
 
 VERSION = 1
-BLOCK = tarfile.BLOCKSIZE
 
 
 def inputs(image: Image, base_key: str, source_date_epoch: int | None) -> StageInputs:
@@ -261,7 +260,7 @@ def _copy_info(ti: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
     return c
 
 
-def _header(e: Entry, name: str, sde: int | None) -> bytes:
+def _normalised(e: Entry, name: str, sde: int | None) -> tarfile.TarInfo:
     ti = e.info
     ti.name = f"./{name}" if name else "."
     if ti.islnk():
@@ -270,39 +269,26 @@ def _header(e: Entry, name: str, sde: int | None) -> bytes:
     mtime = int(ti.mtime)
     ti.mtime = min(mtime, sde) if sde is not None else mtime
     ti.pax_headers = {k: v for k, v in ti.pax_headers.items() if k.startswith("SCHILY.xattr.")}
-    if not ti.isreg():
-        ti.size = 0
-    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return ti
 
 
 def write(entries: list[tuple[str, Entry]], base_fd: int, out_fd: int,
           sde: int | None) -> None:
-    pad = b"\0" * BLOCK
+    out = TarWriter(out_fd)
     for name, e in entries:
-        os.write(out_fd, _header(e, name, sde))
-        size = e.info.size if e.info.isreg() else 0
-        if not size:
-            continue
-        if e.offset is not None:
-            off, left = e.offset, size
-            while left:
-                n = os.copy_file_range(base_fd, out_fd, left, off)
-                if n == 0:
-                    raise EOFError(f"{name} is truncated in the base tarball")
-                off += n
-                left -= n
+        ti = _normalised(e, name, sde)
+        if not ti.isreg() or e.offset is not None:
+            out.add(ti, src=(base_fd, e.offset or 0))
         elif e.data is not None:
-            os.write(out_fd, e.data)
+            out.add(ti, e.data)
         else:
             assert e.path is not None
             data = e.path.read_bytes()
-            if len(data) != size:
+            if len(data) != ti.size:
                 raise PipelineError(f"dotfiles: {e.path} changed while building",
                                     hint="run the build again")
-            os.write(out_fd, data)
-        if size % BLOCK:
-            os.write(out_fd, pad[: BLOCK - size % BLOCK])
-    os.write(out_fd, b"\0" * (2 * BLOCK))
+            out.add(ti, data)
+    out.close()
 
 
 def customize(base: Path, image: Image, out: Path, *, work_dir: Path,

@@ -25,8 +25,9 @@ VENV = ROOT / ".venv"
 PACKAGES = [
     "qemu-system-x86", "qemu-utils", "btrfs-progs", "busybox-static", "zstd", "libmagic1",
     "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
+    "xz-utils", "squashfs-tools-ng",
 ]  # uidmap: mmdebstrap's unshare mode, used when the build does not run as root
-TEST_PACKAGES: list[str] = []
+TEST_PACKAGES = ["lxd", "lxd-client"]  # the Crostini tests import into a real LXD
 
 
 def missing_packages(names: list[str]) -> list[str]:

@@ -39,7 +39,7 @@ from .config import Accel
 from .errors import PipelineError
 from .log import info, progress, step
 from .run import run
-from .tarballs import members, open_plain, plain_tar
+from .tarballs import copy_range, members, open_plain, plain_tar
 from .vm import Disk, boot
 
 VERSION = 1
@@ -113,7 +113,7 @@ def extract(tarball: Path, tree: Path) -> Staged:
                 _clear(path)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 try:
-                    _copy_range(src_fd, fd, m.offset_data, m.size)
+                    copy_range(src_fd, fd, m.offset_data, m.size)
                     os.fchmod(fd, _host_mode(m))
                     os.utime(fd, (m.mtime, m.mtime))
                 finally:
@@ -181,17 +181,6 @@ def _clear(path: Path, keep_dir: bool = False) -> None:
         raise PipelineError(f"tarball entry {path.name!r} replaces a directory",
                             hint="the tarball has conflicting duplicate entries")
     path.unlink()
-
-
-def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
-    left = size
-    off = offset
-    while left:
-        n = os.copy_file_range(src, dst, left, off)
-        if n == 0:
-            raise EOFError("unexpected end of tarball data")
-        off += n
-        left -= n
 
 
 def write_job(staged: Staged, label: str, job: Path) -> None:

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from .errors import ToolError
 
@@ -31,6 +32,9 @@ HOST_TOOLS: dict[str, str] = {
     "ldd": "libc-bin",
     "nix": "nix-bin",
     "guestfish": "libguestfs-tools",
+    "xz": "xz-utils",
+    "tar2sqfs": "squashfs-tools-ng",
+    "lxc": "lxd-client",
 }
 
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -67,11 +71,16 @@ def run(
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     input: bytes | None = None,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[bytes] | None = None,
     capture_stdout: bool = False,
     timeout: float | None = None,
     hint: str = "",
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run argv[0] (looked up with `require`), raising ToolError with its stderr on failure."""
+    """Run argv[0] (looked up with `require`), raising ToolError with its stderr on failure.
+
+    `stdin`/`stdout` may be open files, so large streams never pass through Python.
+    """
     args = [str(a) for a in argv]
     args[0] = require(args[0]) if "/" not in args[0] else args[0]
     log.debug("run: %s", " ".join(args))
@@ -85,8 +94,8 @@ def run(
             cwd=cwd,
             env=full_env,
             input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
+            stdin=None if input is not None else (stdin or subprocess.DEVNULL),
+            stdout=subprocess.PIPE if capture_stdout else (stdout or subprocess.DEVNULL),
             stderr=subprocess.PIPE,
             timeout=timeout,
             check=False,

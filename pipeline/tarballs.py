@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import lzma
+import os
 import shutil
 import tarfile
 from collections.abc import Iterator
@@ -126,3 +127,46 @@ def members(tf: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
         block = f.read(tarfile.BLOCKSIZE)
     if len(block) != tarfile.BLOCKSIZE or block.strip(b"\0"):
         raise corrupt(path, EOFError("the archive ends without its end-of-archive block"))
+
+
+def copy_range(src_fd: int, dst_fd: int, offset: int, size: int) -> None:
+    """Copy `size` bytes at `offset` of src to dst's position, in the kernel (a reflink where
+    the filesystem can)."""
+    while size:
+        n = os.copy_file_range(src_fd, dst_fd, size, offset)
+        if n == 0:
+            raise EOFError("unexpected end of tarball data")
+        offset += n
+        size -= n
+
+
+class TarWriter:
+    """Writes a plain PAX tar to a file descriptor, member by member.
+
+    A member's data comes from bytes or from a range of another file (copied in the kernel),
+    so rewriting a multi-GB rootfs tarball never passes its contents through Python.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def add(self, ti: tarfile.TarInfo, data: bytes | None = None,
+            src: tuple[int, int] | None = None) -> None:
+        """`ti` with `data`, or with ti.size bytes of file descriptor src[0] at offset src[1]."""
+        if not ti.isreg():
+            ti.size = 0
+        elif data is not None:
+            ti.size = len(data)
+        os.write(self.fd, ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if not ti.size:
+            return
+        if data is not None:
+            os.write(self.fd, data)
+        else:
+            assert src is not None
+            copy_range(src[0], self.fd, src[1], ti.size)
+        if ti.size % tarfile.BLOCKSIZE:
+            os.write(self.fd, bytes(tarfile.BLOCKSIZE - ti.size % tarfile.BLOCKSIZE))
+
+    def close(self) -> None:
+        os.write(self.fd, bytes(2 * tarfile.BLOCKSIZE))

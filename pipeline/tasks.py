@@ -2,8 +2,10 @@
 
 Tasks (see `doit list`):
     build:baguette        every default image's baguette_rootfs.img.zst
+    build:lxc             every default image's Crostini container (metadata + rootfs)
     verify:baguette       boot every default image with ChromeOS's disk layout
     baguette:<image>      one image, by name (base:, rootfs:, pack: are its stages)
+    lxc:<image>           one image's Crostini container
     verify:<image>        boot one image
     appliance             the VM helper's kernel + initramfs
     bench                 the benchmarks in tests/bench/
@@ -92,6 +94,20 @@ def _stage_tasks(ctx: Context, image: Image) -> Iterator[dict[str, Any]]:
         "task_dep": [f"pack:{n}"],
         "verbosity": 2,
     }
+    def crostini() -> None:
+        files, fp = build.lxc_image(ctx, image)
+        print(f"\n{image.name}: {', '.join(map(str, files))}\n"
+              f"{build.lxc_instructions(image, files, fp)}\n")
+
+    yield {
+        "basename": "lxc", "name": n,
+        "doc": f"{n}: artifacts/{n}/lxc/ (Crostini container image)",
+        "actions": [_action(crostini)],
+        "uptodate": [_check(lambda: ctx.store.has(ctx.lxc_inputs(image))
+                            and build.lxc_is_published(ctx, image))],
+        "task_dep": [f"rootfs:{n}"],
+        "verbosity": 2,
+    }
     yield {
         "basename": "verify", "name": n,
         "doc": f"boot {n} with ChromeOS's disk layout and check its init runs",
@@ -136,6 +152,12 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
             "actions": None,
             "task_dep": [f"baguette:{n}" for n in defaults],
         }
+        yield {
+            "name": "lxc",
+            "doc": f"build the default images' Crostini containers ({', '.join(defaults)})",
+            "actions": None,
+            "task_dep": [f"lxc:{n}" for n in defaults],
+        }
 
     def task_bench() -> dict[str, Any]:
         return {
@@ -146,17 +168,18 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
 
     docs = {
         "appliance": "the VM helper's appliance (host kernel + small initramfs)",
-        "build": "build:baguette builds the default images' baguette_rootfs.img.zst",
+        "build": "build:baguette / build:lxc build the default images (Baguette / Crostini)",
         "bench": "benchmarks (tests/bench/): ratios against baselines measured in one run",
         "base": "base:<image>: the base rootfs tarball from the image's source",
         "rootfs": "rootfs:<image>: the customized, normalised rootfs tarball",
         "pack": "pack:<image>: the raw btrfs image, packed through the VM helper",
         "baguette": "baguette:<image>: build one image by name (compressed, validated)",
         "verify": "verify:baguette boots the default images the way ChromeOS does",
+        "lxc": "lxc:<image>: one image's Crostini container (metadata + rootfs tarballs)",
     }
     out: dict[str, Callable[[], Any]] = {
         "appliance": task_appliance, "build": task_build, "bench": task_bench}
-    for stage in ("base", "rootfs", "pack", "baguette", "verify"):
+    for stage in ("base", "rootfs", "pack", "baguette", "lxc", "verify"):
         out[stage] = per_image(stage)
     for name, fn in out.items():
         fn.__doc__ = docs[name]

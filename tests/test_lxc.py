@@ -1,0 +1,172 @@
+"""The Crostini (LXC) writer without LXD: metadata structure and its validation, the rootfs
+checks, and the three output shapes read back (tests/test_lxc_lxd.py imports them into LXD)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import lzma
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pipeline import lxc, manifest
+from pipeline.errors import PipelineError
+from pipeline.run import which
+
+
+def rootfs_tar(path: Path, *, init: bool = True, merged_usr: bool = True) -> Path:
+    """A small rootfs shaped like Debian's: merged /usr, /sbin/init -> systemd, os-release."""
+    def add(tf: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644,
+            data: bytes = b"", link: str = "") -> None:
+        ti = tarfile.TarInfo(name)
+        ti.type, ti.mode, ti.linkname, ti.mtime = kind, mode, link, 1_700_000_000
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data) if data else None)
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        add(tf, "./", tarfile.DIRTYPE, 0o755)
+        add(tf, "./etc/", tarfile.DIRTYPE, 0o755)
+        add(tf, "./etc/os-release", tarfile.SYMTYPE, 0o777, link="../usr/lib/os-release")
+        if merged_usr:
+            add(tf, "./sbin", tarfile.SYMTYPE, 0o777, link="usr/sbin")
+        add(tf, "./usr/", tarfile.DIRTYPE, 0o755)
+        add(tf, "./usr/lib/", tarfile.DIRTYPE, 0o755)
+        add(tf, "./usr/lib/os-release", data=b'NAME="Fixture Linux"\nID=fixture\n'
+            b"VERSION_CODENAME=tiny\n")
+        add(tf, "./usr/lib/systemd/", tarfile.DIRTYPE, 0o755)
+        add(tf, "./usr/lib/systemd/systemd", mode=0o755, data=b"#!/bin/sh\n")
+        add(tf, "./usr/sbin/", tarfile.DIRTYPE, 0o755)
+        if init:
+            add(tf, "./usr/sbin/init", tarfile.SYMTYPE, 0o777, link="../lib/systemd/systemd")
+    return path
+
+
+def options(**kw: object) -> lxc.Options:
+    base = dict(rootfs_format="tar.xz", unified=False, compression_level=1, description="",
+                variant="default", release="", expiry_days=0, architecture="x86_64")
+    base.update(kw)
+    return lxc.Options(**base)  # type: ignore[arg-type]
+
+
+def test_metadata_from_os_release(tmp_path: Path) -> None:
+    path = rootfs_tar(tmp_path / "r.tar")
+    md = lxc.metadata(options(expiry_days=30), lxc.os_release(path, lxc._entries(path)),
+                      1_700_000_000)
+    assert md.properties["os"] == "Fixture Linux"
+    assert md.properties["release"] == "tiny"
+    assert md.properties["serial"] == "20231114_2213"
+    assert md.expiry_date == 1_700_000_000 + 30 * 86400
+    text = md.to_yaml()
+    assert '"architecture": "x86_64"' in text and '"creation_date": 1700000000' in text
+    assert '"/etc/hostname":' in text and '"when": ["create", "copy"]' in text
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"architecture": "riscv64"}, "architecture 'riscv64'"),
+    ({"creation_date": 0}, "creation_date 0 is missing"),
+    ({"expiry_date": 1}, "expiry_date is not after creation_date"),
+    ({"templates": {"/etc/hostname": lxc.Template("missing.tpl")}}, "missing.tpl"),
+    ({"templates": {"etc/hostname": lxc.Template("hostname.tpl")}}, "not an absolute path"),
+    ({"templates": {"/etc/hostname": lxc.Template("hostname.tpl", ("boot",))}}, "bad 'when'"),
+])
+def test_each_metadata_defect_has_its_own_message(change: dict[str, object],
+                                                   message: str) -> None:
+    fields = dict(architecture="x86_64", creation_date=1_700_000_000, properties={},
+                  templates={"/etc/hostname": lxc.Template("hostname.tpl")})
+    fields.update(change)
+    with pytest.raises(PipelineError, match="LXC metadata: ") as err:
+        lxc.validate(lxc.Metadata(**fields), lxc.TEMPLATE_FILES)  # type: ignore[arg-type]
+    assert message in err.value.message
+    assert err.value.hint
+
+
+def test_resolve_follows_symlinks_like_the_container() -> None:
+    def ti(kind: bytes, link: str = "") -> tarfile.TarInfo:
+        t = tarfile.TarInfo("x")
+        t.type, t.linkname = kind, link
+        return t
+
+    entries = {"sbin": ti(tarfile.SYMTYPE, "usr/sbin"), "usr": ti(tarfile.DIRTYPE),
+               "usr/sbin": ti(tarfile.DIRTYPE), "usr/sbin/init": ti(tarfile.SYMTYPE, "/usr/x"),
+               "usr/x": ti(tarfile.REGTYPE), "loop": ti(tarfile.SYMTYPE, "loop")}
+    assert lxc.resolve(entries, "sbin/init") is entries["usr/x"]
+    assert lxc.resolve(entries, "sbin/../x") is entries["usr/x"]  # .. of usr/sbin is usr
+    assert lxc.resolve(entries, "loop") is None
+    assert lxc.resolve(entries, "usr/missing") is None
+
+
+@pytest.mark.parametrize("merged_usr", [True, False])
+def test_rootfs_without_init_is_refused(tmp_path: Path, merged_usr: bool) -> None:
+    path = rootfs_tar(tmp_path / "r.tar", init=False, merged_usr=merged_usr)
+    with pytest.raises(PipelineError, match="no executable /sbin/init") as err:
+        lxc.build(path, tmp_path, options(), creation_date=1_700_000_000, work=tmp_path)
+    assert "systemd-sysv" in err.value.hint
+    assert not list(tmp_path.glob("*.xz")), "nothing is written for a refused rootfs"
+
+
+def test_split_xz(tmp_path: Path) -> None:
+    path = rootfs_tar(tmp_path / "r.tar")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = lxc.build(path, out, options(), creation_date=1_700_000_000, work=tmp_path)
+    assert result["files"] == "metadata.tar.xz rootfs.tar.xz"
+    meta, root = out / "metadata.tar.xz", out / "rootfs.tar.xz"
+    assert result["fingerprint"] == hashlib.sha256(meta.read_bytes() + root.read_bytes()
+                                                   ).hexdigest()
+    assert lzma.decompress(root.read_bytes()) == path.read_bytes()
+    with tarfile.open(meta) as tf:
+        names = tf.getnames()
+        assert {m.uid for m in tf.getmembers()} == {0}
+        assert {m.mtime for m in tf.getmembers()} == {1_700_000_000}
+        yaml = tf.extractfile("metadata.yaml").read().decode()  # type: ignore[union-attr]
+    assert names == ["metadata.yaml", "templates", "templates/hostname.tpl",
+                     "templates/hosts.tpl"]
+    assert '"os": "Fixture Linux"' in yaml
+
+
+def test_same_inputs_give_the_same_bytes(tmp_path: Path) -> None:
+    path = rootfs_tar(tmp_path / "r.tar")
+    fps = []
+    for n in (1, 2):
+        out = tmp_path / f"out{n}"
+        out.mkdir()
+        fps.append(lxc.build(path, out, options(), creation_date=1_700_000_000,
+                             work=tmp_path)["fingerprint"])
+    assert fps[0] == fps[1]
+
+
+def test_unified(tmp_path: Path) -> None:
+    path = rootfs_tar(tmp_path / "r.tar")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = lxc.build(path, out, options(unified=True), creation_date=1_700_000_000,
+                       work=tmp_path)
+    image = out / "image.tar.xz"
+    assert result["fingerprint"] == hashlib.sha256(image.read_bytes()).hexdigest()
+    with tarfile.open(image) as tf:
+        names = tf.getnames()
+    assert names[:4] == ["metadata.yaml", "templates", "templates/hostname.tpl",
+                         "templates/hosts.tpl"]
+    assert "rootfs" in names and "rootfs/usr/sbin/init" in names
+    assert not (tmp_path / "unified.tar").exists()
+
+
+@pytest.mark.skipif(which("tar2sqfs") is None or which("sqfs2tar") is None,
+                    reason="squashfs-tools-ng is not installed")
+def test_squashfs_holds_the_same_tree(tmp_path: Path) -> None:
+    path = rootfs_tar(tmp_path / "r.tar")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = lxc.build(path, out, options(rootfs_format="squashfs"),
+                       creation_date=1_700_000_000, work=tmp_path)
+    assert result["files"] == "metadata.tar.xz rootfs.squashfs"
+    back = tmp_path / "back.tar"
+    with open(back, "wb") as f:
+        subprocess.run([which("sqfs2tar"), str(out / "rootfs.squashfs")], stdout=f, check=True)
+    expected = manifest.read(path)
+    del expected["/"]  # sqfs2tar writes no entry for the root itself
+    actual = manifest.read(back)
+    assert manifest.differences(expected, actual) == []
