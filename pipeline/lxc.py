@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import PipelineError
 from .fsutil import atomic_path
+from .log import warn
 from .run import run
 from .tarballs import TarWriter, members, open_plain
 
@@ -261,11 +262,51 @@ def write_rootfs_xz(rootfs: Path, out: Path, level: int) -> None:
     _xz(rootfs, out, level)
 
 
-def write_rootfs_squashfs(rootfs: Path, out: Path, level: int) -> None:
-    with atomic_path(out) as tmp, open(rootfs, "rb") as i:
-        run(["tar2sqfs", "--quiet", "--no-skip", "--force", "--compressor", "xz",
-             "--num-jobs", str(max(1, len(os.sched_getaffinity(0)))), tmp],
-            stdin=i, hint="tar2sqfs (squashfs-tools-ng) could not pack the rootfs")
+SQUASHFS_XATTR_PREFIXES = ("user.", "trusted.", "security.")
+
+
+def squashfs_compatible(rootfs: Path, work: Path) -> Path:
+    """`rootfs` itself, or a copy without the xattrs squashfs cannot hold (POSIX ACLs such as
+    systemd's on /var/log/journal); the dropped ones are named in the log."""
+    dropped: list[str] = []
+    with open_plain(rootfs) as tf:
+        for m in members(tf, rootfs):
+            if any(k.startswith("SCHILY.xattr.") and
+                   not k[13:].startswith(SQUASHFS_XATTR_PREFIXES) for k in m.pax_headers):
+                dropped.append(m.name)
+    if not dropped:
+        return rootfs
+    warn(f"squashfs cannot hold POSIX ACLs (system.* xattrs); dropped on: "
+         f"{', '.join(n.lstrip('.') for n in dropped[:5])}"
+         f"{' and more' if len(dropped) > 5 else ''}")
+    out = work / "rootfs-for-squashfs.tar"
+    src = os.open(rootfs, os.O_RDONLY)
+    dst = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        writer = TarWriter(dst)
+        with open_plain(rootfs) as tf:
+            for m in members(tf, rootfs):
+                m.pax_headers = {k: v for k, v in m.pax_headers.items()
+                                 if not k.startswith("SCHILY.xattr.")
+                                 or k[13:].startswith(SQUASHFS_XATTR_PREFIXES)}
+                writer.add(m, src=(src, m.offset_data))
+        writer.close()
+    finally:
+        os.close(src)
+        os.close(dst)
+    return out
+
+
+def write_rootfs_squashfs(rootfs: Path, out: Path, work: Path) -> None:
+    source = squashfs_compatible(rootfs, work)
+    try:
+        with atomic_path(out) as tmp, open(source, "rb") as i:
+            run(["tar2sqfs", "--quiet", "--no-skip", "--force", "--compressor", "xz",
+                 "--num-jobs", str(max(1, len(os.sched_getaffinity(0)))), tmp],
+                stdin=i, hint="tar2sqfs (squashfs-tools-ng) could not pack the rootfs")
+    finally:
+        if source != rootfs:
+            source.unlink(missing_ok=True)
 
 
 def write_unified(md: Metadata, files: dict[str, str], rootfs: Path, out: Path,
@@ -321,7 +362,7 @@ def build(rootfs: Path, out_dir: Path, opts: Options, *, creation_date: int,
     write_metadata_tarball(md, TEMPLATE_FILES, meta, opts.compression_level)
     if opts.rootfs_format == "squashfs":
         root = out_dir / "rootfs.squashfs"
-        write_rootfs_squashfs(rootfs, root, opts.compression_level)
+        write_rootfs_squashfs(rootfs, root, work)
     else:
         root = out_dir / "rootfs.tar.xz"
         write_rootfs_xz(rootfs, root, opts.compression_level)

@@ -170,3 +170,26 @@ def test_squashfs_holds_the_same_tree(tmp_path: Path) -> None:
     del expected["/"]  # sqfs2tar writes no entry for the root itself
     actual = manifest.read(back)
     assert manifest.differences(expected, actual) == []
+
+
+@pytest.mark.skipif(which("tar2sqfs") is None, reason="squashfs-tools-ng is not installed")
+def test_squashfs_drops_acls_it_cannot_hold(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """systemd's journal directory carries POSIX ACLs; squashfs has no place for them."""
+    path = rootfs_tar(tmp_path / "r.tar")
+    with tarfile.open(path, "a", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("./var-log-journal")
+        ti.type, ti.mode = tarfile.DIRTYPE, 0o2755
+        ti.pax_headers = {"SCHILY.xattr.system.posix_acl_default": "\x02\x00\x00\x00",
+                          "SCHILY.xattr.user.kept": "yes"}
+        tf.addfile(ti)
+    out = tmp_path / "out"
+    out.mkdir()
+    lxc.build(path, out, options(rootfs_format="squashfs"), creation_date=1_700_000_000,
+              work=tmp_path)
+    assert "dropped on: /var-log-journal" in capsys.readouterr().err
+    assert not (tmp_path / "rootfs-for-squashfs.tar").exists()
+    back = tmp_path / "back.tar"
+    with open(back, "wb") as f:
+        subprocess.run([which("sqfs2tar"), str(out / "rootfs.squashfs")], stdout=f, check=True)
+    assert dict(manifest.read(back)["/var-log-journal"].xattrs) == {"user.kept": "yes"}
