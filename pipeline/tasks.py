@@ -61,6 +61,12 @@ def _in_store(ctx: Context, inputs: Callable[[Image], StageInputs], image: Image
     return ctx.store.has(inputs(image))
 
 
+def _published(ctx: Context, inputs: Callable[[Image], StageInputs],
+               published: Callable[[Context, Image], bool], image: Image) -> bool:
+    """An output is up to date when its store entry exists and its stable names point at it."""
+    return ctx.store.has(inputs(image)) and published(ctx, image)
+
+
 def _stage_tasks(ctx: Context, image: Image) -> Iterator[dict[str, Any]]:
     n = image.name
     stages: list[tuple[str, str, Callable[[Context, Image], object],
@@ -81,33 +87,30 @@ def _stage_tasks(ctx: Context, image: Image) -> Iterator[dict[str, Any]]:
             "verbosity": 2,
         }
 
-    def published() -> None:
+    def baguette() -> None:
         out = build.baguette_image(ctx, image)
         print(f"\n{image.name}: {out}\n{build.load_instructions(image, out)}\n")
 
-    yield {
-        "basename": "baguette", "name": n,
-        "doc": f"{n}: artifacts/{n}/{build.IMAGE_NAME}",
-        "actions": [_action(published)],
-        "uptodate": [_check(lambda: ctx.store.has(ctx.baguette_inputs(image))
-                            and build.is_published(ctx, image))],
-        "task_dep": [f"pack:{n}"],
-        "verbosity": 2,
-    }
     def crostini() -> None:
         files, fp = build.lxc_image(ctx, image)
         print(f"\n{image.name}: {', '.join(map(str, files))}\n"
               f"{build.lxc_instructions(image, files, fp)}\n")
 
-    yield {
-        "basename": "lxc", "name": n,
-        "doc": f"{n}: artifacts/{n}/lxc/ (Crostini container image)",
-        "actions": [_action(crostini)],
-        "uptodate": [_check(lambda: ctx.store.has(ctx.lxc_inputs(image))
-                            and build.lxc_is_published(ctx, image))],
-        "task_dep": [f"rootfs:{n}"],
-        "verbosity": 2,
-    }
+    outputs: list[tuple[str, str, Callable[[], None], Callable[[Image], StageInputs],
+                        Callable[[Context, Image], bool], str]] = [
+        ("baguette", f"{n}: artifacts/{n}/{build.IMAGE_NAME}", baguette,
+         ctx.baguette_inputs, build.is_published, f"pack:{n}"),
+        ("lxc", f"{n}: artifacts/{n}/lxc/ (Crostini container image)", crostini,
+         ctx.lxc_inputs, build.lxc_is_published, f"rootfs:{n}"),
+    ]
+    for basename, doc, make, inputs, published, dep in outputs:
+        yield {
+            "basename": basename, "name": n, "doc": doc,
+            "actions": [_action(make)],
+            "uptodate": [_check(partial(_published, ctx, inputs, published, image))],
+            "task_dep": [dep],
+            "verbosity": 2,
+        }
     yield {
         "basename": "verify", "name": n,
         "doc": f"boot {n} with ChromeOS's disk layout and check its init runs",
