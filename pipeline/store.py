@@ -80,7 +80,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def changed_inputs(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
-    """Names of the inputs that differ, deepest path first (e.g. `dotfiles/.bashrc`)."""
+    """Names of the inputs that differ, as sorted paths (e.g. `dotfiles/.bashrc`)."""
     if previous is None:
         return []
     old, new = _flatten(previous), _flatten(current)
