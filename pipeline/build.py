@@ -14,6 +14,7 @@ logs why it was missing, and records the inputs for the next explanation.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -333,8 +334,6 @@ def verify(ctx: Context, image: Image) -> dict[str, str]:
                             memory_mib=memory_mib(ctx.config.build.vm_memory))
         info(f"booted {result.os_release.get('PRETTY_NAME', '?')} in {result.seconds:.1f} s")
     stamp = ctx.output_dir(image) / "verified.json"
-    import json
-
     atomic_write_bytes(stamp, json.dumps({"image": ctx.memo.sha256(zst),
                                           "os_release": result.os_release}).encode())
     return result.os_release
