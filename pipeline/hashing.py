@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ class FileHashMemo:
     def __init__(self, memo_path: Path) -> None:
         self.memo_path = memo_path
         self._dirty = False
+        self._lock = threading.Lock()  # doit -P thread runs stages in threads
         try:
             self._memo: dict[str, str] = json.loads(memo_path.read_text())
         except (OSError, ValueError):
@@ -49,15 +51,19 @@ class FileHashMemo:
         if cached is not None:
             return cached
         digest = sha256_file(path)
-        self._memo[ident] = digest
-        self._dirty = True
+        with self._lock:
+            self._memo[ident] = digest
+            self._dirty = True
         return digest
 
     def save(self) -> None:
-        if self._dirty:
-            self.memo_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.memo_path, json.dumps(self._memo).encode())
+        with self._lock:
+            if not self._dirty:
+                return
+            blob = json.dumps(self._memo).encode()
             self._dirty = False
+        self.memo_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.memo_path, blob)
 
 
 def tree_manifest(root: Path) -> dict[str, str]:

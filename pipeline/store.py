@@ -43,6 +43,19 @@ class Store:
     def path(self, si: StageInputs) -> Path:
         return self.root / "store" / si.stage / si.key
 
+    def entries(self) -> dict[str, list[Path]]:
+        """Complete entries by stage (temporary `.name.tmp` directories are not entries)."""
+        out: dict[str, list[Path]] = {}
+        base = self.root / "store"
+        if not base.is_dir():
+            return out
+        for stage_dir in sorted(base.iterdir()):
+            if stage_dir.name.startswith(".") or not stage_dir.is_dir():
+                continue
+            out[stage_dir.name] = sorted(p for p in stage_dir.iterdir()
+                                         if not p.name.startswith(".") and p.is_dir())
+        return out
+
     def has(self, si: StageInputs) -> bool:
         return (self.path(si) / INPUTS_FILE).is_file()
 
@@ -103,9 +116,30 @@ def explain_miss(record: Path, si: StageInputs) -> str:
 
 
 def record_build(record: Path, si: StageInputs) -> None:
+    """Remember the inputs of the image's latest build of this stage, and append its key to
+    the stage's history (newest last; `gc` keeps the newest few)."""
     payload = {"stage": si.stage, "version": si.version, "key": si.key, "inputs": si.inputs}
     record.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(record, json.dumps(payload, indent=1, sort_keys=True).encode())
+    history = history_path(record)
+    keys = read_history(history)
+    if keys[-1:] != [si.key]:
+        keys = [k for k in keys if k != si.key] + [si.key]
+        atomic_write_bytes(history, ("\n".join(keys[-HISTORY:]) + "\n").encode())
+
+
+HISTORY = 20
+
+
+def history_path(record: Path) -> Path:
+    return record.with_suffix(".history")
+
+
+def read_history(history: Path) -> list[str]:
+    try:
+        return history.read_text().split()
+    except OSError:
+        return []
 
 
 def publish(src: Path, dst: Path) -> None:

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 from doit.exceptions import TaskFailed
 
-from . import build
+from . import build, gc
 from .build import Context
 from .config import Config, Image
 from .errors import PipelineError
-from .store import StageInputs
+from .store import StageInputs, explain_miss
 
 T = TypeVar("T")
 
@@ -57,14 +58,33 @@ def _check(fn: Callable[[], bool]) -> Callable[[], bool]:
     return check
 
 
-def _in_store(ctx: Context, inputs: Callable[[Image], StageInputs], image: Image) -> bool:
-    return ctx.store.has(inputs(image))
+@dataclass
+class InStore:
+    """doit's `uptodate` hook for a stage: is its output in the store (and, for a published
+    output, do the image's stable names point at it)? `doit info TASK` prints str(self),
+    which says why the task would run, as the build's own log line does."""
 
+    ctx: Context
+    image: Image
+    inputs: Callable[[Image], StageInputs]
+    published: Callable[[Context, Image], bool] | None = None
 
-def _published(ctx: Context, inputs: Callable[[Image], StageInputs],
-               published: Callable[[Context, Image], bool], image: Image) -> bool:
-    """An output is up to date when its store entry exists and its stable names point at it."""
-    return ctx.store.has(inputs(image)) and published(ctx, image)
+    def __call__(self) -> bool:
+        try:
+            return self.ctx.store.has(self.inputs(self.image)) and (
+                self.published is None or self.published(self.ctx, self.image))
+        except PipelineError:
+            return False
+
+    def __str__(self) -> str:
+        try:
+            si = self.inputs(self.image)
+            if self.ctx.store.has(si):
+                return f"{si.stage} of {self.image.name}: in the store, not yet published"
+            why = explain_miss(self.ctx.record(self.image, si.stage), si)
+            return f"{si.stage} of {self.image.name}: not in the store ({why})"
+        except PipelineError as exc:
+            return f"{self.image.name}: {exc.message}"
 
 
 def _stage_tasks(ctx: Context, image: Image) -> Iterator[dict[str, Any]]:
@@ -82,7 +102,7 @@ def _stage_tasks(ctx: Context, image: Image) -> Iterator[dict[str, Any]]:
         yield {
             "basename": basename, "name": n, "doc": doc,
             "actions": [_action(partial(stage, ctx, image))],
-            "uptodate": [_check(partial(_in_store, ctx, inputs, image))],
+            "uptodate": [InStore(ctx, image, inputs)],
             "task_dep": deps,
             "verbosity": 2,
         }
@@ -107,7 +127,7 @@ def _stage_tasks(ctx: Context, image: Image) -> Iterator[dict[str, Any]]:
         yield {
             "basename": basename, "name": n, "doc": doc,
             "actions": [_action(make)],
-            "uptodate": [_check(partial(_published, ctx, inputs, published, image))],
+            "uptodate": [InStore(ctx, image, inputs, published)],
             "task_dep": [dep],
             "verbosity": 2,
         }
@@ -162,6 +182,19 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
             "task_dep": [f"lxc:{n}" for n in defaults],
         }
 
+    def collect(keep: int) -> TaskFailed | None:
+        return _action(lambda: gc.collect(ctx, keep=keep))()
+
+    def task_gc() -> dict[str, Any]:
+        return {
+            "actions": [collect],
+            "params": [{"name": "keep", "long": "keep", "type": int, "default": 2,
+                        "help": "newest entries to keep per stage and image, besides what "
+                                "images.toml needs"}],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
     def task_bench() -> dict[str, Any]:
         return {
             "actions": [[sys.executable, "-m", "tests.bench"]],
@@ -173,6 +206,7 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
         "appliance": "the VM helper's appliance (host kernel + small initramfs)",
         "build": "build:baguette / build:lxc build the default images (Baguette / Crostini)",
         "bench": "benchmarks (tests/bench/): ratios against baselines measured in one run",
+        "gc": "free store entries the config does not need (keeps the newest --keep N)",
         "base": "base:<image>: the base rootfs tarball from the image's source",
         "rootfs": "rootfs:<image>: the customized, normalised rootfs tarball",
         "pack": "pack:<image>: the raw btrfs image, packed through the VM helper",
@@ -181,7 +215,7 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
         "lxc": "lxc:<image>: one image's Crostini container (metadata + rootfs tarballs)",
     }
     out: dict[str, Callable[[], Any]] = {
-        "appliance": task_appliance, "build": task_build, "bench": task_bench}
+        "appliance": task_appliance, "build": task_build, "bench": task_bench, "gc": task_gc}
     for stage in ("base", "rootfs", "pack", "baguette", "lxc", "verify"):
         out[stage] = per_image(stage)
     for name, fn in out.items():

@@ -80,6 +80,8 @@ def test_build_then_nothing_then_only_what_changed(project: Path) -> None:
     assert ran(again) == set(), again.stdout
 
     (project / "dotfiles" / ".bashrc").write_text("alias ll='ls -la'\n")
+    info = doit(project, "info", "rootfs:first", check=False).stdout  # exit 1: would run
+    assert "rootfs of first: not in the store (changed: dotfiles/.bashrc)" in info
     edited = doit(project, "build:baguette")
     assert ran(edited) == {"rootfs:first", "pack:first", "baguette:first"}
     assert "changed: dotfiles/.bashrc" in edited.stderr
@@ -157,3 +159,50 @@ def test_debian_default_image_boots(tmp_path: Path) -> None:
     assert "accelerator:" in build.stderr
     verify = doit(tmp_path, "verify:baguette")
     assert "booted Debian GNU/Linux 12 (bookworm)" in verify.stderr
+
+
+def test_gc_keeps_what_the_config_needs(project: Path) -> None:
+    doit(project, "build:baguette")
+    store = project / "artifacts" / "store"
+
+    def entries() -> set[str]:
+        return {f"{p.parent.name}/{p.name}" for p in store.glob("[!.]*/[!.]*")}
+
+    first = entries()
+    (project / "dotfiles" / ".bashrc").write_text("alias ll='ls -la'\n")
+    doit(project, "build:baguette")
+    both = entries()
+    old = {e for e in first if e.split("/")[0] in ("rootfs", "pack", "baguette")}
+    assert len(both - first) == 3 and len(old) == 3, "a dotfile edit makes 3 new entries"
+
+    assert "removed 0" in doit(project, "gc", "--keep", "2").stderr, "keep 2 keeps both"
+    kept = doit(project, "gc", "--keep", "1")
+    assert "removed 3" in kept.stderr, kept.stderr
+    assert entries() == both - old
+    assert ran(doit(project, "build:baguette")) == set(), "gc removed something still needed"
+
+
+def test_parallel_images_share_one_base(project: Path) -> None:
+    """`doit -n 2` builds two images at once; their common base is built once."""
+    text = (project / "images.toml").read_text()
+    text = text.replace('default_images = ["first"]', 'default_images = ["first", "second"]')
+    (project / "images.toml").write_text(text)
+    proc = doit(project, "-n", "2", "-P", "thread", "build:baguette")
+    assert proc.stderr.count("==> Base rootfs from tarball") == 1, proc.stderr
+    for name in ("first", "second"):
+        assert (project / "artifacts" / name / "baguette_rootfs.img.zst").is_file()
+
+
+def test_two_processes_building_one_image(project: Path) -> None:
+    """Two builds of the same image at once both succeed with the same output; the store
+    lock makes the second wait and reuse."""
+    env = dict(os.environ, IMAGES_TOML=str(project / "images.toml"))
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "doit", "run", "-f", str(ROOT / "dodo.py"),
+         "--db-file", str(project / f".doit-{i}.db"), "build:baguette"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    packs = sum(err.count("==> Packing the btrfs image") for _, err in outs)
+    assert packs == 1, "the image was packed twice"
+    assert len(list((project / "artifacts" / "store" / "baguette").iterdir())) == 1
