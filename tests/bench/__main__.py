@@ -114,4 +114,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    print()
+    from tests.bench import incremental
+
+    incremental.main()
+    sys.exit(code)
