@@ -3,3 +3,4 @@
 export EDITOR=vi
 alias ll='ls -l'
 alias la='ls -A'
+# delta test

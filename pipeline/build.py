@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import appliance as appliance_mod
-from . import compress, customize, lxc, pack, validate
+from . import compress, customize, delta, lxc, pack, validate
 from .accel import choose
 from .boot import boot_image
 from .config import Config, Image
 from .errors import PipelineError
 from .fsutil import atomic_write_bytes
 from .hashing import FileHashMemo, sha256_file
-from .log import info, step
+from .log import info, step, warn
 from .sources import source_for
 from .store import StageInputs, Store, explain_miss, publish, record_build
 from .vm import memory_mib
@@ -220,16 +220,49 @@ def rootfs(ctx: Context, image: Image) -> Path:
     return ctx.rootfs_tarball(image)
 
 
+def _delta_base(ctx: Context, image: Image) -> tuple[Path, Path] | None:
+    """(previous raw image, its rootfs tarball) if the image's last pack can be updated into
+    this one: same base rootfs, VM helper and image options, both still in the store."""
+    try:
+        previous = json.loads(ctx.record(image, "pack").read_text())
+        prev_inputs = previous["inputs"]
+        prev_rootfs = ctx.root / "store" / "rootfs" / prev_inputs["rootfs"]
+        prev_base = json.loads((prev_rootfs / "inputs.json").read_text())["inputs"]["base"]
+    except (OSError, ValueError, KeyError):
+        return None
+    now = ctx.pack_inputs(image).inputs
+    same = all(prev_inputs.get(k) == now[k] for k in ("appliance", "label", "size", "slack"))
+    prev_image = ctx.root / "store" / "pack" / previous["key"] / "disk.img"
+    if (not same or prev_base != ctx.base_inputs(image).key or not prev_image.is_file()
+            or previous.get("version") != pack.VERSION):
+        return None
+    return prev_image, prev_rootfs / "rootfs.tar"
+
+
 def raw_image(ctx: Context, image: Image) -> Path:
     def build(d: Path) -> None:
         app = ctx.appliance()
         accel = choose(ctx.config.build.accel, app, ctx.cache_dir)
         b = image.baguette
-        pack.pack(ctx.rootfs_tarball(image), d / "disk.img", label=b.label,
-                  fixed_size=b.size, slack=b.slack, appliance=app, accel=accel.accel,
-                  timeout=ctx.config.build.vm_timeout,
-                  memory_mib=memory_mib(ctx.config.build.vm_memory),
-                  log_path=ctx.log_path(image, "pack"), work_dir=ctx.work_dir)
+        args = dict(appliance=app, accel=accel.accel, timeout=ctx.config.build.vm_timeout,
+                    memory_mib=memory_mib(ctx.config.build.vm_memory),
+                    log_path=ctx.log_path(image, "pack"))
+        base = _delta_base(ctx, image)
+        changes = delta.diff(base[1], ctx.rootfs_tarball(image)) if base else None
+        if base is not None and changes is not None:
+            try:
+                with step(f"Delta update of the previous image ({len(changes.changed)} new or "
+                          f"changed, {len(changes.deleted)} removed)"):
+                    delta.apply(base[0], d / "disk.img", changes, ctx.rootfs_tarball(image),
+                                work=d, **args)  # type: ignore[arg-type]
+            except PipelineError as exc:
+                warn(f"delta update failed, packing in full instead: {exc.message}")
+                (d / "disk.img").unlink(missing_ok=True)
+                changes = None
+        if changes is None:
+            pack.pack(ctx.rootfs_tarball(image), d / "disk.img", label=b.label,
+                      fixed_size=b.size, slack=b.slack, work_dir=ctx.work_dir,
+                      **args)  # type: ignore[arg-type]
         with step("Checking the filesystem"):
             validate.check_raw(d / "disk.img")
 

@@ -35,6 +35,7 @@ HOST_TOOLS: dict[str, str] = {
     "xz": "xz-utils",
     "tar2sqfs": "squashfs-tools-ng",
     "lxc": "lxd-client",
+    "cp": "coreutils",
 }
 
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
