@@ -15,6 +15,7 @@ DOIT_CONFIG = {
     "verbosity": 2,
     "dep_file": ".doit.db",
     "backend": "json",
+    "par_type": "thread",  # `doit -n 2`: stages are I/O- and QEMU-bound, threads suffice
 }
 
 CONFIG_PATH = Path(os.environ.get("IMAGES_TOML") or Path(__file__).parent / "images.toml")

@@ -188,7 +188,7 @@ def test_parallel_images_share_one_base(project: Path) -> None:
     text = (project / "images.toml").read_text()
     text = text.replace('default_images = ["first"]', 'default_images = ["first", "second"]')
     (project / "images.toml").write_text(text)
-    proc = doit(project, "-n", "2", "-P", "thread", "build:baguette")
+    proc = doit(project, "-n", "2", "build:baguette")
     assert proc.stderr.count("==> Base rootfs from tarball") == 1, proc.stderr
     for name in ("first", "second"):
         assert (project / "artifacts" / name / "baguette_rootfs.img.zst").is_file()
