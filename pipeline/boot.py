@@ -5,7 +5,8 @@ Technical details. ChromeOS starts a Baguette VM with the tools disk (ext4 label
 Here the VM helper's kernel stands in for ChromeOS's: its initramfs (qemu/init, mode `boot`)
 only loads the virtio and btrfs modules ChromeOS's kernel has built in, mounts /dev/vdb's
 default subvolume and hands over to the image's own /sbin/init. systemd then runs the command
-given as `systemd.run=` (it prints /etc/os-release to the console) and powers off.
+given as `systemd.run=` (it prints /etc/os-release, then where the tools disk is mounted) and
+powers off.
 The image is decompressed into a sparse scratch copy; the artifact itself is never written.
 """
 
@@ -26,11 +27,13 @@ from .vm import Disk, boot
 TOOLS_LABEL = "cros-vm-tools"
 KERNEL_ARGS = "root=/dev/vdb rw net.ifnames=0"
 COMMAND = "/bin/cat /etc/os-release"
+TOOLS_CHECK = "/usr/bin/findmnt -n -o TARGET,SOURCE,FSTYPE,OPTIONS /opt/google/cros-containers"
 
 
 @dataclass(frozen=True)
 class BootResult:
     os_release: dict[str, str]
+    tools_mounted: bool  # the image's own units mounted the tools disk, read-only
     seconds: float
     log_path: Path
 
@@ -84,7 +87,8 @@ def boot_image(zst: Path, *, appliance: Appliance, accel: Accel, timeout: float,
         make_tools_disk(tools)
         decompress_sparse(zst, rootfs)
         cmdline = (f"{KERNEL_ARGS} appliance.mode=boot "
-                   f"systemd.run=\"{COMMAND}\" systemd.run_success_action=poweroff "
+                   f"systemd.run=\"{COMMAND}\" systemd.run=\"{TOOLS_CHECK}\" "
+                   "systemd.run_success_action=poweroff "
                    "systemd.run_failure_action=poweroff systemd.default_standard_output=tty "
                    "systemd.show_status=0")
         result = boot(appliance, accel,
@@ -98,4 +102,5 @@ def boot_image(zst: Path, *, appliance: Appliance, accel: Accel, timeout: float,
             f"console log: {log_path}",
             hint="the console log shows how far the boot got (is /sbin/init systemd?)",
             console_log=str(log_path))
-    return BootResult(release, result.seconds, log_path)
+    mounted = re.search(r"/opt/google/cros-containers\s+/dev/vda\s+ext4\s+ro\b", result.console)
+    return BootResult(release, mounted is not None, result.seconds, log_path)

@@ -26,7 +26,7 @@ from . import compress, customize, delta, lxc, pack, validate
 from .accel import choose
 from .boot import boot_image
 from .config import Config, Image
-from .errors import PipelineError
+from .errors import GuestError, PipelineError
 from .fsutil import atomic_write_bytes
 from .hashing import FileHashMemo, sha256_file
 from .log import info, step, warn
@@ -366,6 +366,15 @@ def verify(ctx: Context, image: Image) -> dict[str, str]:
                             log_path=ctx.log_path(image, "boot"), work_dir=ctx.work_dir,
                             memory_mib=memory_mib(ctx.config.build.vm_memory))
         info(f"booted {result.os_release.get('PRETTY_NAME', '?')} in {result.seconds:.1f} s")
+        if image.chromeos_integration:
+            if not result.tools_mounted:
+                raise GuestError(
+                    f"boot test: the image did not mount the cros-vm-tools disk read-only at "
+                    f"/opt/google/cros-containers (console log: {result.log_path})",
+                    hint="ChromeOS's tools (vshd, maitred) come from that disk; see the "
+                    "mount unit's messages in the console log",
+                    console_log=str(result.log_path))
+            info("the tools disk (LABEL=cros-vm-tools) is mounted read-only")
     stamp = ctx.output_dir(image) / "verified.json"
     atomic_write_bytes(stamp, json.dumps({"image": ctx.memo.sha256(zst),
                                           "os_release": result.os_release}).encode())

@@ -85,6 +85,8 @@ IMAGE_SETTINGS = (
             "A directory overlaid into the user's home, owned by the user; '' for none."),
     Setting("user", "str", "user", "The guest user that owns the dotfiles (created if absent)."),
     Setting("uid", "int", 1000, "That user's uid (and gid)."),
+    Setting("chromeos_integration", "bool", True,
+            "Write the ChromeOS guest units (tools mount, vshd, maitred, ...) into the rootfs."),
 )
 
 DEBIAN_SETTINGS = (
@@ -177,6 +179,7 @@ class Image:
     dotfiles: Path | None
     user: str
     uid: int
+    chromeos_integration: bool
     debian: DebianSource | None
     tarball: TarballSource | None
     baguette: BaguetteOptions
@@ -369,6 +372,7 @@ def _image(name: str, table: Any, base: Path) -> Image:
         dotfiles=dotfiles,
         user=v["user"],
         uid=v["uid"],
+        chromeos_integration=v["chromeos_integration"],
         debian=debian,
         tarball=tarball,
         baguette=BaguetteOptions(label, b["size"], b["slack"], b["compression_level"]),

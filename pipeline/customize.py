@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import integration
 from .config import Image
 from .errors import ConfigError, PipelineError
 from .fsutil import atomic_path
@@ -30,7 +31,7 @@ from .log import info
 from .store import StageInputs
 from .tarballs import TarWriter, members, open_plain, plain_tar
 
-VERSION = 1
+VERSION = 2
 
 
 def inputs(image: Image, base_key: str, source_date_epoch: int | None) -> StageInputs:
@@ -41,6 +42,7 @@ def inputs(image: Image, base_key: str, source_date_epoch: int | None) -> StageI
         "uid": image.uid,
         "hostname": image.hostname,
         "source_date_epoch": source_date_epoch,
+        "chromeos_integration": integration.VERSION if image.chromeos_integration else None,
     })
 
 
@@ -198,18 +200,41 @@ def _apply_overlay(entries: dict[str, Entry], base_fd: int, image: Image, mtime:
         _set_text(entries, "etc/hosts", "\n".join(lines) + "\n", 0o644, 0, mtime)
         entries["etc/resolv.conf"] = Entry(_member(
             "etc/resolv.conf", tarfile.SYMTYPE, 0o777, 0, mtime, linkname="../run/resolv.conf"))
+        if image.chromeos_integration:
+            _add_integration(entries, base_fd, mtime)
 
 
-def _ordered(entries: dict[str, Entry]) -> list[tuple[str, Entry]]:
+def _add_integration(entries: dict[str, Entry], base_fd: int, mtime: int) -> None:
+    for f in integration.files():
+        if f.directory:
+            kind, link = tarfile.DIRTYPE, ""
+        elif f.link:
+            kind, link = tarfile.SYMTYPE, f.link
+        else:
+            kind, link = tarfile.REGTYPE, ""
+        data = f.text.encode()
+        ti = _member(f.path, kind, 0o777 if f.link else f.mode, 0, mtime, linkname=link,
+                     size=len(data) if kind == tarfile.REGTYPE else 0)
+        entries[f.path] = Entry(ti, data=data if kind == tarfile.REGTYPE else None)
+    if "etc/group" in entries:
+        group, gshadow = integration.add_groups(
+            _file_text(entries, base_fd, "etc/group"),
+            _file_text(entries, base_fd, "etc/gshadow") if "etc/gshadow" in entries else None)
+        _set_text(entries, "etc/group", group, 0o644, 0, mtime)
+        if gshadow is not None:
+            _set_text(entries, "etc/gshadow", gshadow, 0o640, 0, mtime)
+
+
+def _ordered(entries: dict[str, Entry], mtime: int) -> list[tuple[str, Entry]]:
     """Sorted by path components, parents before children, hardlinks after their anchor."""
     for name in list(entries):  # every entry's parent directories must exist
         parts = name.split("/")
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
             if parent not in entries:
-                entries[parent] = Entry(_member(parent, tarfile.DIRTYPE, 0o755, 0, 0))
+                entries[parent] = Entry(_member(parent, tarfile.DIRTYPE, 0o755, 0, mtime))
     if "" not in entries:
-        entries[""] = Entry(_member("", tarfile.DIRTYPE, 0o755, 0, 0))
+        entries[""] = Entry(_member("", tarfile.DIRTYPE, 0o755, 0, mtime))
     ordered = sorted(entries.items(), key=lambda kv: kv[0].split("/") if kv[0] else [])
 
     # Re-anchor hardlink sets: the first name in sorted order carries the data.
@@ -301,7 +326,7 @@ def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
         base_fd = os.open(plain, os.O_RDONLY)
         try:
             _apply_overlay(entries, base_fd, image, mtime)
-            ordered = _ordered(entries)
+            ordered = _ordered(entries, mtime)
             with atomic_path(out) as tmp_out:
                 fd = os.open(tmp_out, os.O_WRONLY | os.O_TRUNC)
                 try:

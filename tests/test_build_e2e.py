@@ -7,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,21 @@ def test_debian_default_image_boots(tmp_path: Path) -> None:
     assert "accelerator:" in build.stderr
     verify = doit(tmp_path, "verify:baguette")
     assert "booted Debian GNU/Linux 12 (bookworm)" in verify.stderr
+    assert "the tools disk (LABEL=cros-vm-tools) is mounted read-only" in verify.stderr
+    # the integration pieces, in the rootfs tarball that was packed (pack fidelity is
+    # test_pack's subject)
+    (rootfs,) = (tmp_path / "artifacts" / "store" / "rootfs").glob("*/rootfs.tar")
+    with tarfile.open(rootfs) as tf:
+        names = set(tf.getnames())
+        group = tf.extractfile("./etc/group").read().decode()  # type: ignore[union-attr]
+        resolv = tf.getmember("./etc/resolv.conf")
+    for unit in ("vshd", "maitred", "cros-port-listener", "baguette-resize"):
+        assert f"./etc/systemd/system/multi-user.target.wants/{unit}.service" in names
+    assert "./etc/udev/rules.d/10-cros-virtwl.rules" in names
+    assert "./usr/sbin/usermod" in names
+    assert resolv.issym() and resolv.linkname == "../run/resolv.conf"
+    assert {"kvm", "netdev", "sudo", "tss", "plugdev"} <= {
+        line.split(":")[0] for line in group.splitlines()}
 
 
 def test_gc_keeps_what_the_config_needs(project: Path) -> None:

@@ -104,7 +104,8 @@ def write_dotfiles(root: Path) -> Path:
 
 
 def make_image(tmp_path: Path, base: Path, *, user: str = USER, uid: int = UID,
-               dotfiles: str = "dots") -> config.Image:
+               dotfiles: str = "dots", integration: bool = False) -> config.Image:
+    """Integration files are off unless asked for: most tests look at exact account files."""
     toml = f"""
 [images.{IMAGE}]
 source = "tarball"
@@ -112,6 +113,7 @@ hostname = "{HOSTNAME}"
 dotfiles = "{dotfiles}"
 user = "{user}"
 uid = {uid}
+chromeos_integration = {"true" if integration else "false"}
 
 [images.{IMAGE}.tarball]
 path = "{base}"
@@ -420,3 +422,33 @@ def test_truncated_base_is_refused(tmp_path: Path, compress: bool) -> None:
     with pytest.raises(PipelineError, match="corrupt or truncated"):
         run_customize(tmp_path, base, make_image(tmp_path, base))
     assert not (tmp_path / "out" / "rootfs.tar").exists()
+
+
+def test_chromeos_integration_files(tmp_path: Path) -> None:
+    """Units (enabled through .wants links), udev rule, journald drop-in, the tools mount
+    point and every group maitred may ask for; existing groups keep their gid."""
+    base = write_tar(tmp_path / "base.tar", base_members())
+    write_dotfiles(tmp_path / "dots")
+    out = run_customize(tmp_path, base, make_image(tmp_path, base, integration=True))
+    with tarfile.open(out) as tf:
+        names = set(tf.getnames())
+        group = tf.extractfile("./etc/group").read().decode()  # type: ignore[union-attr]
+        wants = tf.getmember(
+            "./etc/systemd/system/local-fs.target.wants/opt-google-cros\\x2dcontainers.mount")
+        rule = tf.extractfile(  # type: ignore[union-attr]
+            "./etc/udev/rules.d/10-cros-virtwl.rules").read()
+    for unit in ("vshd.service", "maitred.service", "cros-port-listener.service",
+                 "baguette-resize.service"):
+        assert f"./etc/systemd/system/{unit}" in names
+        assert f"./etc/systemd/system/multi-user.target.wants/{unit}" in names
+    assert wants.issym() and wants.linkname.endswith("cros\\x2dcontainers.mount")
+    assert "./opt/google/cros-containers" in names
+    assert "./etc/systemd/user/cros-notificationd.service" in names
+    assert "./etc/systemd/journald.conf.d/50-console.conf" in names
+    assert rule == b'KERNEL=="wl*", MODE="0666"\n'
+    groups = {line.split(":")[0]: line.split(":")[2] for line in group.splitlines()}
+    for g in ("audio", "cdrom", "dialout", "disk", "floppy", "kvm", "netdev", "plugdev", "sudo",
+              "tss", "video"):
+        assert g in groups
+    assert groups["shadow"] == "42"
+    assert len(set(groups.values())) == len(groups), "a gid was given twice"
