@@ -85,6 +85,8 @@ IMAGE_SETTINGS = (
             "A directory overlaid into the user's home, owned by the user; '' for none."),
     Setting("user", "str", "user", "The guest user that owns the dotfiles (created if absent)."),
     Setting("uid", "int", 1000, "That user's uid (and gid)."),
+    Setting("secrets_allow", "list", [],
+            "Paths (globs) the secret scan accepts, e.g. a test key a package ships."),
     Setting("chromeos_integration", "bool", True,
             "Write the ChromeOS guest units (tools mount, vshd, maitred, ...) into the rootfs."),
 )
@@ -180,6 +182,7 @@ class Image:
     user: str
     uid: int
     chromeos_integration: bool
+    secrets_allow: tuple[str, ...]
     debian: DebianSource | None
     tarball: TarballSource | None
     baguette: BaguetteOptions
@@ -373,6 +376,7 @@ def _image(name: str, table: Any, base: Path) -> Image:
         user=v["user"],
         uid=v["uid"],
         chromeos_integration=v["chromeos_integration"],
+        secrets_allow=v["secrets_allow"],
         debian=debian,
         tarball=tarball,
         baguette=BaguetteOptions(label, b["size"], b["slack"], b["compression_level"]),

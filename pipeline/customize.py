@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import integration
+from . import integration, secrets
 from .config import Image
 from .errors import ConfigError, PipelineError
 from .fsutil import atomic_path
 from .hashing import tree_manifest
-from .log import info
+from .log import info, step
 from .store import StageInputs
 from .tarballs import TarWriter, members, open_plain, plain_tar
 
@@ -43,6 +43,7 @@ def inputs(image: Image, base_key: str, source_date_epoch: int | None) -> StageI
         "hostname": image.hostname,
         "source_date_epoch": source_date_epoch,
         "chromeos_integration": integration.VERSION if image.chromeos_integration else None,
+        "secrets_allow": sorted(image.secrets_allow),
     })
 
 
@@ -333,6 +334,8 @@ def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
                     write(ordered, base_fd, fd, source_date_epoch)
                 finally:
                     os.close(fd)
+                with step("Scanning for secrets"):
+                    secrets.refuse(secrets.scan(tmp_out, image.secrets_allow), image.name)
         finally:
             os.close(base_fd)
     return len(ordered)
