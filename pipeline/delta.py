@@ -130,6 +130,8 @@ def apply(previous_image: Path, image: Path, delta: Delta, new_rootfs: Path, *,
           log_path: Path, work: Path) -> None:
     run(["cp", "--reflink=auto", "--sparse=always", previous_image, image],
         hint="copying the previous image failed; is the disk full?")
+    if not delta.changed and not delta.deleted:
+        return  # the same tree (a key input that changes no file): the copy is the image
     job = work / "delta-job.tar"
     write_job(delta, new_rootfs, job)
     try:
