@@ -3,9 +3,11 @@
 Data flow for one image, one module per stage:
 
     images.toml -> config -> sources.<kind> (base rootfs tarball)
-                -> customize (rootfs tarball)
-                -> pack (raw btrfs image, through the VM helper: appliance + vm)
-                -> compress (baguette_rootfs.img.zst) -> validate -> boot (verify)
+                -> customize (+ integration, secrets): the rootfs tarball
+                -> pack, or delta from the previous image (raw btrfs, through the VM helper:
+                   appliance + vm) -> compress (baguette_rootfs.img.zst) -> validate -> boot
+                -> lxc (metadata + rootfs tarballs for Crostini)
 
-`build.py` lists the stages in order; `tasks.py` wires them into doit.
+`build.py` lists the stages in order; `tasks.py` wires them into doit; `store.py` keeps
+every stage's output under a key computed from its inputs, and `gc.py` prunes it.
 """
