@@ -17,6 +17,7 @@ the pipeline's message and hint, without a Python traceback.
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,13 @@ def _action(fn: Callable[[], object]) -> Callable[[], TaskFailed | None]:
             fn()
         except PipelineError as exc:
             return TaskFailed(f"error: {exc}")
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return TaskFailed(f"error: the disk is full{where}; nothing half-written was kept"
+                              "\n  hint: free space under artifacts/ (`doit gc`), or point "
+                              "build.artifacts at a larger disk")
         except KeyboardInterrupt:
             return TaskFailed("interrupted; nothing half-written was kept")
         return None

@@ -223,3 +223,25 @@ def test_two_processes_building_one_image(project: Path) -> None:
     packs = sum(err.count("==> Packing the btrfs image") for _, err in outs)
     assert packs == 1, "the image was packed twice"
     assert len(list((project / "artifacts" / "store" / "baguette").iterdir())) == 1
+
+
+def test_full_disk_is_one_message_and_leaves_nothing(project: Path) -> None:
+    """The artifacts on a 4 MiB tmpfs: the first stage that writes much (the VM helper's
+    appliance, 70 MiB) runs out of space."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    artifacts = project / "artifacts"
+    artifacts.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(artifacts)],
+                   check=True)
+    try:
+        proc = doit(project, "build:baguette", check=False)
+        assert proc.returncode != 0
+        out = proc.stdout + proc.stderr
+        assert "the disk is full" in out and "doit gc" in out
+        assert "Traceback" not in out
+        store = artifacts / "store"
+        assert not list(store.glob("[!.]*/[!.]*")), "a stage that ran out of space left an entry"
+        assert not list(store.glob("*/.*.tmp")), "temporary files were left behind"
+    finally:
+        subprocess.run(["umount", str(artifacts)], check=True)
