@@ -47,7 +47,7 @@ def parse_size(value: Any) -> int:
     m = _SIZE_RE.match(value)
     if not m:
         raise ValueError(f"{value!r} is not a size such as '200MiB' or '4GiB'")
-    unit = (m.group(2) or "").upper()[:1] if (m.group(2) or "").upper() != "B" else "B"
+    unit = (m.group(2) or "").upper()[:1]  # "MiB" -> "M", "B" -> "B", "" -> ""
     return int(float(m.group(1)) * _UNITS[unit])
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from .appliance import Appliance
 from .config import Accel
 from .run import run
-from .tarballs import TarWriter, members, open_plain
+from .tarballs import member_path, members, open_plain, rewrite
 from .vm import Disk, boot
 
 MAX_CHANGED_FRACTION = 0.25  # past this a full pack is about as fast and keeps no cruft
@@ -31,13 +31,9 @@ class Delta:
     changed_bytes: int
 
 
-def _name(m: tarfile.TarInfo) -> str:
-    return "/".join(p for p in m.name.split("/") if p not in ("", "."))
-
-
 def _index(path: Path) -> dict[str, tarfile.TarInfo]:
     with open_plain(path) as tf:
-        return {_name(m): m for m in members(tf, path)}
+        return {member_path(m.name): m for m in members(tf, path)}
 
 
 def _header(m: tarfile.TarInfo) -> tuple[object, ...]:
@@ -79,16 +75,12 @@ def diff(old: Path, new: Path) -> Delta | None:
         os.close(a_fd)
         os.close(b_fd)
     deleted = [n for n in a if n not in b or a[n].type != b[n].type]
-    linked = {_name_of_link(m) for m in b.values() if m.islnk()}
+    linked = {member_path(m.linkname) for m in b.values() if m.islnk()}
     if linked & set(changed) or any(a[n].islnk() for n in deleted):
         return None
     if total and changed_bytes > MAX_CHANGED_FRACTION * total:
         return None
     return Delta(changed, deleted, changed_bytes)
-
-
-def _name_of_link(m: tarfile.TarInfo) -> str:
-    return "/".join(p for p in m.linkname.split("/") if p not in ("", "."))
 
 
 def write_job(delta: Delta, new: Path, job: Path) -> None:
@@ -101,21 +93,11 @@ def write_job(delta: Delta, new: Path, job: Path) -> None:
         names.add(parent)
     ordered = sorted(names, key=lambda n: n.split("/") if n else [])
     inner = job.with_suffix(".inner")
-    src = os.open(new, os.O_RDONLY)
-    dst = os.open(inner, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        writer = TarWriter(dst)
-        for n in ordered:
-            m = index.get(n)
-            if m is None:
-                continue
-            m.name = f"./{n}" if n else "."
-            m.uname = m.gname = ""
-            writer.add(m, src=(src, m.offset_data))
-        writer.close()
-    finally:
-        os.close(src)
-        os.close(dst)
+    picked = [index[n] for n in ordered if n in index]
+    for m in picked:
+        m.name = f"./{member_path(m.name)}" if member_path(m.name) else "."
+        m.uname = m.gname = ""
+    rewrite(new, inner, picked)
     with tarfile.open(job, "w", format=tarfile.PAX_FORMAT) as jt:
         blob = b"".join(os.fsencode(n) + b"\0" for n in delta.deleted)
         ti = tarfile.TarInfo("delete")

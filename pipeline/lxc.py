@@ -27,7 +27,7 @@ from .errors import PipelineError
 from .fsutil import atomic_path
 from .log import warn
 from .run import run
-from .tarballs import TarWriter, members, open_plain
+from .tarballs import member_path, members, open_plain, rewrite
 
 VERSION = 1
 ARCHITECTURES = ("x86_64", "aarch64")
@@ -122,7 +122,7 @@ def _entries(rootfs: Path) -> dict[str, tarfile.TarInfo]:
     out: dict[str, tarfile.TarInfo] = {}
     with open_plain(rootfs) as tf:
         for m in members(tf, rootfs):
-            out["/".join(p for p in m.name.split("/") if p not in ("", "."))] = m
+            out[member_path(m.name)] = m
     return out
 
 
@@ -277,23 +277,18 @@ def squashfs_compatible(rootfs: Path, work: Path) -> Path:
     if not dropped:
         return rootfs
     warn(f"squashfs cannot hold POSIX ACLs (system.* xattrs); dropped on: "
-         f"{', '.join(n.lstrip('.') for n in dropped[:5])}"
+         f"{', '.join('/' + member_path(n) for n in dropped[:5])}"
          f"{' and more' if len(dropped) > 5 else ''}")
     out = work / "rootfs-for-squashfs.tar"
-    src = os.open(rootfs, os.O_RDONLY)
-    dst = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        writer = TarWriter(dst)
-        with open_plain(rootfs) as tf:
-            for m in members(tf, rootfs):
-                m.pax_headers = {k: v for k, v in m.pax_headers.items()
-                                 if not k.startswith("SCHILY.xattr.")
-                                 or k[13:].startswith(SQUASHFS_XATTR_PREFIXES)}
-                writer.add(m, src=(src, m.offset_data))
-        writer.close()
-    finally:
-        os.close(src)
-        os.close(dst)
+
+    def kept(m: tarfile.TarInfo) -> tarfile.TarInfo:
+        m.pax_headers = {k: v for k, v in m.pax_headers.items()
+                         if not k.startswith("SCHILY.xattr.")
+                         or k[13:].startswith(SQUASHFS_XATTR_PREFIXES)}
+        return m
+
+    with open_plain(rootfs) as tf:
+        rewrite(rootfs, out, map(kept, members(tf, rootfs)))
     return out
 
 
@@ -314,24 +309,16 @@ def write_unified(md: Metadata, files: dict[str, str], rootfs: Path, out: Path,
     """metadata.yaml + templates/ + rootfs/ in one tar.xz."""
     validate(md, files)
     plain = work / "unified.tar"
-    src = os.open(rootfs, os.O_RDONLY)
-    dst = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        writer = TarWriter(dst)
-        for t, data in _meta_members(md, files):
-            writer.add(t, data)
-        with open_plain(rootfs) as tf:
-            for m in members(tf, rootfs):
-                name = "/".join(p for p in m.name.split("/") if p not in ("", "."))
-                m.name = f"rootfs/{name}" if name else "rootfs"
-                if m.islnk():
-                    target = "/".join(p for p in m.linkname.split("/") if p not in ("", "."))
-                    m.linkname = f"rootfs/{target}"
-                writer.add(m, src=(src, m.offset_data))
-        writer.close()
-    finally:
-        os.close(src)
-        os.close(dst)
+
+    def under_rootfs(m: tarfile.TarInfo) -> tarfile.TarInfo:
+        m.name = f"rootfs/{member_path(m.name)}".rstrip("/")
+        if m.islnk():
+            m.linkname = f"rootfs/{member_path(m.linkname)}"
+        return m
+
+    with open_plain(rootfs) as tf:
+        rewrite(rootfs, plain, map(under_rootfs, members(tf, rootfs)),
+                head=_meta_members(md, files))
     try:
         _xz(plain, out, level)
     finally:
@@ -353,7 +340,6 @@ def build(rootfs: Path, out_dir: Path, opts: Options, *, creation_date: int,
     entries = _entries(rootfs)
     require_init(entries)
     md = metadata(opts, os_release(rootfs, entries), creation_date)
-    validate(md, TEMPLATE_FILES)
     if opts.unified:
         image = out_dir / "image.tar.xz"
         write_unified(md, TEMPLATE_FILES, rootfs, image, opts.compression_level, work)

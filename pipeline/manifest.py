@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .tarballs import corrupt
+from .tarballs import corrupt, member_path
 
 TYPES = {
     tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",
@@ -39,7 +39,7 @@ class Meta:
 
 
 def _name(name: str) -> str:
-    return "/" + "/".join(p for p in name.split("/") if p not in ("", "."))
+    return "/" + member_path(name)
 
 
 def read(path: Path) -> dict[str, Meta]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PipelineError
-from .tarballs import members, open_plain
+from .tarballs import member_path, members, open_plain
 
 _B64 = rb"[A-Za-z0-9+/=\r\n]{64,}"  # a real key's body follows its BEGIN line
 CONTENT = [
@@ -69,7 +69,7 @@ def scan(rootfs: Path, allow: tuple[str, ...] = ()) -> list[Finding]:
             for m in members(tf, rootfs):
                 if not m.isreg() or not m.size:
                     continue
-                path = "/" + "/".join(p for p in m.name.split("/") if p not in ("", "."))
+                path = "/" + member_path(m.name)
                 if any(fnmatch.fnmatchcase(path, pattern) for pattern in allow):
                     continue
                 data = os.pread(fd, min(m.size, MAX_SCAN), m.offset_data)

@@ -8,7 +8,7 @@ import lzma
 import os
 import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -127,6 +127,30 @@ def members(tf: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
         block = f.read(tarfile.BLOCKSIZE)
     if len(block) != tarfile.BLOCKSIZE or block.strip(b"\0"):
         raise corrupt(path, EOFError("the archive ends without its end-of-archive block"))
+
+
+def member_path(name: str) -> str:
+    """A member's name as a relative path: './usr/bin/' -> 'usr/bin', './' -> ''."""
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+def rewrite(src: Path, dst: Path, entries: Iterable[tarfile.TarInfo],
+            head: Iterable[tuple[tarfile.TarInfo, bytes]] = ()) -> None:
+    """A plain tar at `dst`: the `head` members (with their bytes), then `entries`, members
+    of the plain tar `src` (renamed or edited as the caller likes) whose data is copied from
+    `src` in the kernel."""
+    src_fd = os.open(src, os.O_RDONLY)
+    dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        writer = TarWriter(dst_fd)
+        for ti, data in head:
+            writer.add(ti, data)
+        for m in entries:
+            writer.add(m, src=(src_fd, m.offset_data))
+        writer.close()
+    finally:
+        os.close(src_fd)
+        os.close(dst_fd)
 
 
 def copy_range(src_fd: int, dst_fd: int, offset: int, size: int) -> None:
