@@ -249,3 +249,20 @@ def test_full_disk_is_one_message_and_leaves_nothing(project: Path) -> None:
         assert not list(store.glob("*/.*.tmp")), "temporary files were left behind"
     finally:
         subprocess.run(["umount", str(artifacts)], check=True)
+
+
+def test_failed_delta_update_falls_back_to_a_full_pack(project: Path) -> None:
+    """A previous image the guest cannot mount (zeroed here) makes the delta update fail;
+    the build says so, packs in full, and the result is a valid image."""
+    doit(project, "build:baguette")
+    (previous,) = (project / "artifacts" / "store" / "pack").glob("*/disk.img")
+    with open(previous, "r+b") as f:
+        f.write(bytes(1 << 20))  # the superblock lives at 64 KiB
+    (project / "dotfiles" / ".bashrc").write_text("alias ll='ls -la'\n")
+    proc = doit(project, "build:baguette")
+    assert "delta update failed, packing in full instead" in proc.stderr
+    assert "==> Extracting the rootfs on the host" in proc.stderr
+    new = [p for p in (project / "artifacts" / "store" / "pack").glob("*/disk.img")
+           if p != previous]
+    assert len(new) == 1
+    validate.check_raw(new[0])
