@@ -118,7 +118,8 @@ class Context:
         return self._memo_key("rootfs", image, self._rootfs_inputs)
 
     def _rootfs_inputs(self, image: Image) -> StageInputs:
-        return customize.inputs(image, self.base_inputs(image).key, self.source_date_epoch)
+        return customize.inputs(image, self.base_inputs(image).key, self.source_date_epoch,
+                                self.memo)
 
     def pack_inputs(self, image: Image) -> StageInputs:
         return self._memo_key("pack", image, self._pack_inputs)
@@ -330,7 +331,7 @@ def lxc_image(ctx: Context, image: Image) -> tuple[list[Path], str]:
 
     entry = run_stage(ctx, image, ctx.lxc_inputs(image), "Writing the LXC image", build_lxc)
     out_dir = ctx.output_dir(image) / "lxc"
-    names = (entry / "files").read_text().split()
+    names = lxc_files(ctx, image)
     for name in [*names, "fingerprint"]:
         publish(entry / name, out_dir / name)
     ctx.memo.save()

@@ -26,7 +26,7 @@ from . import integration, secrets
 from .config import Image
 from .errors import ConfigError, PipelineError
 from .fsutil import atomic_path
-from .hashing import tree_manifest
+from .hashing import FileHashMemo, tree_manifest
 from .log import info, step
 from .store import StageInputs
 from .tarballs import TarWriter, members, open_plain, plain_tar
@@ -34,10 +34,11 @@ from .tarballs import TarWriter, members, open_plain, plain_tar
 VERSION = 2
 
 
-def inputs(image: Image, base_key: str, source_date_epoch: int | None) -> StageInputs:
+def inputs(image: Image, base_key: str, source_date_epoch: int | None,
+           memo: FileHashMemo | None = None) -> StageInputs:
     return StageInputs("rootfs", VERSION, {
         "base": base_key,
-        "dotfiles": tree_manifest(image.dotfiles) if image.dotfiles else {},
+        "dotfiles": tree_manifest(image.dotfiles, memo) if image.dotfiles else {},
         "user": image.user,
         "uid": image.uid,
         "hostname": image.hostname,

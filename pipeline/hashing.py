@@ -66,10 +66,11 @@ class FileHashMemo:
         atomic_write_bytes(self.memo_path, blob)
 
 
-def tree_manifest(root: Path) -> dict[str, str]:
+def tree_manifest(root: Path, memo: FileHashMemo | None = None) -> dict[str, str]:
     """{relative path: "mode:sha256"} for every entry under root (content, modes, names; no mtimes).
 
     Directories map to "dir:MODE", symlinks to "link:TARGET". Sorted, so it hashes stably.
+    With a `memo`, unchanged files are not read again (every doit run computes this).
     """
     out: dict[str, str] = {}
     if not root.exists():
@@ -86,7 +87,8 @@ def tree_manifest(root: Path) -> dict[str, str]:
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = f"dir:{stat.S_IMODE(st.st_mode):o}"
             elif stat.S_ISREG(st.st_mode):
-                out[rel] = f"{stat.S_IMODE(st.st_mode):o}:{sha256_file(p)}"
+                digest = memo.sha256(p) if memo is not None else sha256_file(p)
+                out[rel] = f"{stat.S_IMODE(st.st_mode):o}:{digest}"
             else:
                 out[rel] = f"special:{stat.S_IFMT(st.st_mode):o}"
     return out

@@ -83,6 +83,8 @@ class InStore:
                 self.published is None or self.published(self.ctx, self.image))
         except PipelineError:
             return False
+        finally:
+            self.ctx.memo.save()  # hashes found while checking serve the next run (if new)
 
     def __str__(self) -> str:
         try:
