@@ -71,7 +71,9 @@ def ensure_venv(extras: str) -> None:
     target = f"{ROOT}[{extras}]" if extras else str(ROOT)
     print(f"setup: installing the project into .venv ({extras or 'runtime'})")
     subprocess.run([*pip, "-e", target], check=True)
-    stamp.write_text(want)
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(want)
+    os.replace(tmp, stamp)  # a half-written stamp must not claim a finished install
 
 
 def main(argv: list[str] | None = None) -> int:
