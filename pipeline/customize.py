@@ -29,7 +29,7 @@ from .fsutil import atomic_path
 from .hashing import FileHashMemo, tree_manifest
 from .log import info, step
 from .store import StageInputs
-from .tarballs import TarWriter, members, open_plain, plain_tar
+from .tarballs import TarWriter, checked_members, open_plain, plain_tar, shown
 
 VERSION = 2
 
@@ -72,7 +72,7 @@ def _read_base(base: Path) -> tuple[dict[str, Entry], int]:
     newest = 0
     tf = open_plain(base)
     with tf:
-        for m in members(tf, base):
+        for m in checked_members(tf, base):
             name = _norm(m.name)
             if m.islnk():
                 m.linkname = _norm(m.linkname)
@@ -237,6 +237,15 @@ def _ordered(entries: dict[str, Entry], mtime: int) -> list[tuple[str, Entry]]:
                 entries[parent] = Entry(_member(parent, tarfile.DIRTYPE, 0o755, 0, mtime))
     if "" not in entries:
         entries[""] = Entry(_member("", tarfile.DIRTYPE, 0o755, 0, mtime))
+    for name in entries:  # the overlay may have put a file under a base symlink, say
+        parent = name.rpartition("/")[0] if name else ""
+        held = entries[parent].info
+        if name and not held.isdir():
+            what = f"a symlink to {held.linkname!r}" if held.issym() else "not a directory"
+            raise PipelineError(f"rootfs: /{shown(name)[1:-1]} would be written through "
+                                f"/{shown(parent)[1:-1]}, which is {what}",
+                                hint="a dotfile or image file collides with the base rootfs: "
+                                "rename one of them")
     ordered = sorted(entries.items(), key=lambda kv: kv[0].split("/") if kv[0] else [])
 
     # Re-anchor hardlink sets: the first name in sorted order carries the data.

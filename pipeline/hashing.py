@@ -62,8 +62,11 @@ class FileHashMemo:
                 return
             blob = json.dumps(self._memo).encode()
             self._dirty = False
-        self.memo_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.memo_path, blob)
+        try:
+            self.memo_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.memo_path, blob)
+        except OSError:
+            pass  # a cache: not saving it costs the next run a re-hash, nothing else
 
 
 def tree_manifest(root: Path, memo: FileHashMemo | None = None) -> dict[str, str]:

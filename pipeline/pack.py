@@ -39,7 +39,7 @@ from .config import Accel
 from .errors import PipelineError
 from .log import info, progress, step
 from .run import run
-from .tarballs import copy_range, members, open_plain, plain_tar
+from .tarballs import checked_members, copy_range, open_plain, plain_tar
 from .vm import Disk, boot
 
 VERSION = 1
@@ -92,7 +92,7 @@ def extract(tarball: Path, tree: Path) -> Staged:
     size = tarball.stat().st_size
     with tf, progress(size, "extracting") as bar:
         done = 0
-        for m in members(tf, tarball):
+        for m in checked_members(tf, tarball):
             name = _clean_name(m.name)
             parent = name.rpartition("/")[0]
             if parent not in known_dirs:

@@ -10,6 +10,7 @@ input changed since the image's previous build.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import PipelineError
 from .fsutil import atomic_dir, atomic_write_bytes, link_or_copy
 from .hashing import stage_key
 
@@ -63,8 +65,17 @@ class Store:
     def lock(self, si: StageInputs) -> Iterator[None]:
         """Serialise builds of one key across processes (the second waits, then reuses)."""
         lock_dir = self.root / "store" / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / f"{si.stage}-{si.key}.lock", "w") as f:
+        try:
+            lock_dir.mkdir(parents=True, exist_ok=True)
+            f = open(lock_dir / f"{si.stage}-{si.key}.lock", "w")  # noqa: SIM115
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise PipelineError(
+                f"cannot write the store under {self.root}: {exc.strerror} "
+                f"({exc.filename})",
+                hint="build.artifacts must name a writable directory") from None
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield

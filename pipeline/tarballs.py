@@ -97,41 +97,141 @@ def corrupt(path: Path, exc: BaseException) -> PipelineError:
     )
 
 
-def open_plain(path: Path) -> tarfile.TarFile:
-    """A plain tar opened for reading by offset; an unreadable one is a PipelineError."""
+def open_plain(path: Path, label: Path | None = None) -> tarfile.TarFile:
+    """A plain tar opened for reading by offset; an unreadable one is a PipelineError
+    naming `label` (the file the user gave) if set."""
     try:
         return tarfile.open(path, "r:")
     except (tarfile.TarError, OSError) as exc:
-        raise corrupt(path, exc) from None
+        raise corrupt(label or path, exc) from None
 
 
-def members(tf: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
+def members(tf: tarfile.TarFile, path: Path,
+            label: Path | None = None) -> Iterator[tarfile.TarInfo]:
     """The members of a plain tar opened with mode "r:", refusing a truncated archive.
 
     tarfile ends quietly at a header cut short; a complete archive ends with a zero block
     right after its last member, so anything else there means the file was truncated.
+    Errors name `label` (the file the user gave) if set, else `path`.
     """
     size = path.stat().st_size
+    shown_path = label or path
     while True:
         try:
             m = tf.next()
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise corrupt(path, exc) from None
+            raise corrupt(shown_path, exc) from None
         if m is None:
             break
         if m.isreg() and m.offset_data + m.size > size:
-            raise corrupt(path, EOFError(f"{m.name} is cut short"))
+            raise corrupt(shown_path, EOFError(f"{m.name} is cut short"))
         yield m
     with open(path, "rb") as f:
         f.seek(tf.offset)  # where tarfile stopped: the end block, or a cut-short header
         block = f.read(tarfile.BLOCKSIZE)
     if len(block) != tarfile.BLOCKSIZE or block.strip(b"\0"):
-        raise corrupt(path, EOFError("the archive ends without its end-of-archive block"))
+        raise corrupt(shown_path,
+                      EOFError("the archive ends without its end-of-archive block"))
 
 
 def member_path(name: str) -> str:
     """A member's name as a relative path: './usr/bin/' -> 'usr/bin', './' -> ''."""
     return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+# --- what a rootfs tarball may hold ---------------------------------------------------------
+#
+# The rules (README, "Rootfs tarballs"): names are relative and never climb out with '..';
+# nothing is written *through* a symlink or under a non-directory (a member `a/x` after the
+# member `a -> ../../etc` is refused), while symlink *targets* may point anywhere: they are
+# resolved inside the guest (`/etc/localtime -> /usr/share/zoneinfo/UTC`); a hardlink names a
+# regular file earlier in the archive; duplicate names follow GNU tar: the last one wins, and a
+# directory may be declared again, but a directory that already holds entries cannot become a
+# file or a link; names that are not UTF-8 are kept as the bytes they are; sparse members
+# and unknown member types are refused. Refusals name the member (non-UTF-8 bytes escaped).
+
+KINDS = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file",
+         tarfile.DIRTYPE: "directory", tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink",
+         tarfile.FIFOTYPE: "fifo", tarfile.CHRTYPE: "character device",
+         tarfile.BLKTYPE: "block device"}
+
+
+def shown(name: str) -> str:
+    """A member name for a message: quoted, control characters and non-UTF-8 bytes escaped."""
+    return ascii(name) if not name.isprintable() else repr(name)
+
+
+def safe_name(name: str, path: Path, what: str = "entry") -> str:
+    """`name` as a relative path (see member_path), refusing one that leaves the root."""
+    parts = name.split("/")
+    if name.startswith("/") or ".." in parts:
+        raise PipelineError(
+            f"{path}: tarball {what} {shown(name)} escapes the root "
+            f"({'an absolute path' if name.startswith('/') else 'it holds ..'})",
+            hint="a rootfs tarball holds relative paths without '..' (`tar -C root -c .`)")
+    return member_path(name)
+
+
+class TreeRules:
+    """Checks members one by one, in archive order, against the rules above."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.kinds: dict[str, str] = {"": "directory"}  # what each name is now
+        self.parents: set[str] = {""}  # directories that hold entries
+
+    def refuse(self, m: tarfile.TarInfo, why: str) -> PipelineError:
+        return PipelineError(f"{self.path}: tarball entry {shown(m.name)} {why}",
+                             hint="fix the tarball: the README's \"Rootfs tarballs\" section "
+                             "lists what a rootfs tarball may hold")
+
+    def check(self, m: tarfile.TarInfo) -> str:
+        """The member's relative name, if it follows the rules; else a PipelineError."""
+        name = safe_name(m.name, self.path)
+        kind = KINDS.get(m.type)
+        if kind is None:
+            raise self.refuse(m, f"has the unsupported member type {m.type!r}")
+        if m.issparse():
+            raise self.refuse(m, "is a GNU sparse file, which is not supported")
+        if not name and kind != "directory":
+            raise self.refuse(m, f"makes the root itself a {kind}")
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            held = self.kinds.setdefault(parent, "directory")
+            if held != "directory":
+                raise self.refuse(m, f"would be written through {shown(parent)}, "
+                                  f"which is a {held}" +
+                                  (" (its target is not followed)" if held == "symlink" else ""))
+            self.parents.add(parent)
+        if kind == "hardlink":
+            target = safe_name(m.linkname, self.path, f"hardlink target of {shown(m.name)}")
+            if target == name:
+                raise self.refuse(m, "is a hardlink to itself")
+            if self.kinds.get(target) != "file":
+                raise self.refuse(m, f"is a hardlink to {shown(m.linkname)}, which is not a "
+                                  "regular file earlier in the archive")
+            kind = "file"
+        old = self.kinds.get(name)
+        if old == "directory" and kind != "directory" and name in self.parents:
+            raise self.refuse(m, f"replaces the directory {shown(name)}, which holds entries, "
+                              f"with a {kind}")
+        self.kinds[name] = kind
+        return name
+
+
+def checked_members(tf: tarfile.TarFile, path: Path,
+                    label: Path | None = None) -> Iterator[tarfile.TarInfo]:
+    """members(), each checked against the rootfs rules (TreeRules); errors name `label`."""
+    rules = TreeRules(label or path)
+    count = 0
+    for m in members(tf, path, label):
+        rules.check(m)
+        count += 1
+        yield m
+    if not count:
+        raise PipelineError(f"{label or path}: the tarball holds no entries",
+                            hint="a rootfs tarball holds at least the root directory's tree")
 
 
 def rewrite(src: Path, dst: Path, entries: Iterable[tarfile.TarInfo],

@@ -43,7 +43,10 @@ def _action(fn: Callable[[], object]) -> Callable[[], TaskFailed | None]:
             return TaskFailed(f"error: {exc}")
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
+                if exc.filename is None:
+                    raise
+                return TaskFailed(f"error: {exc.strerror}: {exc.filename}"
+                                  "\n  hint: check that path's permissions and its disk")
             where = f" writing {exc.filename}" if exc.filename else ""
             return TaskFailed(f"error: the disk is full{where}; nothing half-written was kept"
                               "\n  hint: free space under artifacts/ (`doit gc`), or point "

@@ -14,7 +14,7 @@ from ..config import Image
 from ..fsutil import atomic_path
 from ..hashing import FileHashMemo
 from ..store import StageInputs
-from ..tarballs import corrupt, members, open_plain, open_stream
+from ..tarballs import checked_members, corrupt, open_plain, open_stream
 
 VERSION = 2
 
@@ -28,7 +28,8 @@ def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
 
 
 def build(image: Image, out: Path) -> None:
-    """Decompress the tarball into `out` as a plain tar, refusing a corrupt one."""
+    """Decompress the tarball into `out` as a plain tar, refusing a corrupt one or one that
+    breaks the rootfs rules (tarballs.TreeRules: escaping names, writes through symlinks...)."""
     assert image.tarball is not None
     src = image.tarball.path
     with atomic_path(out) as tmp:
@@ -37,7 +38,7 @@ def build(image: Image, out: Path) -> None:
                 shutil.copyfileobj(stream, dst, 1 << 20)
             except Exception as exc:  # lzma, zlib and zstd each raise their own type
                 raise corrupt(src, exc) from None
-        tf = open_plain(tmp)
+        tf = open_plain(tmp, src)
         with tf:
-            for _ in members(tf, tmp):
+            for _ in checked_members(tf, tmp, src):
                 pass
