@@ -21,7 +21,7 @@ from .fsutil import atomic_path
 from .hashing import FileHashMemo, sha256_file
 from .log import step
 from .run import require, run
-from .store import StageInputs, Store
+from .store import StageInputs, Store, verify
 
 VERSION = 2
 QEMU_DIR = Path(__file__).resolve().parent.parent / "qemu"
@@ -251,9 +251,12 @@ def ensure(store: Store, kernel_setting: Path | None, memo: FileHashMemo) -> App
     p = plan(kernel_setting)
     si = inputs(p, memo)
     entry = store.path(si)
-    if not store.has(si):
+    if not (store.has(si) and store.intact(si)):
         with store.lock(si):
+            if store.has(si) and not store.intact(si):
+                store.set_aside(si, verify(entry, full=False))
             if not store.has(si):
+                store.remove_stale(si)
                 with step("Building the VM helper appliance"), store.new_entry(si) as tmp:
                     bzimage = p.kernel.read_bytes()
                     elf = pvh_kernel(bzimage)

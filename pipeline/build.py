@@ -27,11 +27,12 @@ from .accel import choose
 from .boot import boot_image
 from .config import Config, Image
 from .errors import GuestError, PipelineError
-from .fsutil import atomic_write_bytes
+from .fsutil import atomic_write_bytes, remove_stale_work
 from .hashing import FileHashMemo, sha256_file
 from .log import info, step, warn
 from .sources import source_for
 from .store import StageInputs, Store, explain_miss, publish, record_build
+from .store import verify as verify_entry
 from .vm import memory_mib
 
 IMAGE_NAME = "baguette_rootfs.img.zst"
@@ -58,6 +59,7 @@ class Context:
     _appliance: appliance_mod.Appliance | None = field(default=None, init=False)
     _appliance_inputs: StageInputs | None = field(default=None, init=False)
     _keys: dict[tuple[str, str], StageInputs] = field(default_factory=dict, init=False)
+    _swept: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.store = Store(self.root)
@@ -73,8 +75,14 @@ class Context:
 
     @property
     def work_dir(self) -> Path:
+        """Temporary files' directory. On first use, what killed builds left goes: their
+        temporary files, and half-built store entries no running build holds."""
         d = self.root / "tmp"
         d.mkdir(parents=True, exist_ok=True)
+        if not self._swept:
+            remove_stale_work(d)
+            self.store.sweep()
+            self._swept = True
         return d
 
     def log_path(self, image: Image, what: str) -> Path:
@@ -184,14 +192,18 @@ def run_stage(ctx: Context, image: Image, si: StageInputs, title: str,
     """Build the store entry for `si` unless present; returns its directory."""
     entry = ctx.store.path(si)
     record = ctx.record(image, si.stage)
-    if ctx.store.has(si):
+    if ctx.store.has(si) and ctx.store.intact(si):
         info(f"{si.stage}: in the store ({si.key})")
         record_build(record, si)
         return entry
     with ctx.store.lock(si):
-        if ctx.store.has(si):  # another process built it while we waited
-            record_build(record, si)
-            return entry
+        if ctx.store.has(si):  # another process built it while we waited, or it is damaged
+            problems = verify_entry(entry, full=False)
+            if not problems:
+                record_build(record, si)
+                return entry
+            ctx.store.set_aside(si, problems)
+        ctx.store.remove_stale(si)  # what a killed build of this key left
         with step(f"{title} [{image.name}] ({explain_miss(record, si)})"), \
                 ctx.store.new_entry(si) as tmp:
             build(tmp)

@@ -14,9 +14,9 @@ The output is a plain (uncompressed) tar: the pack stage reads it by offset.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any
 from . import integration, secrets
 from .config import Image
 from .errors import ConfigError, PipelineError
-from .fsutil import atomic_path
+from .fsutil import atomic_path, work_tempdir
 from .hashing import FileHashMemo, tree_manifest
 from .log import info, step
 from .store import StageInputs
@@ -330,8 +330,9 @@ def write(entries: list[tuple[str, Entry]], base_fd: int, out_fd: int,
 def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
               source_date_epoch: int | None) -> int:
     """The customize stage. Returns the number of entries written."""
-    with tempfile.TemporaryDirectory(prefix="customize.", dir=work_dir) as tmp:
-        plain = plain_tar(base, Path(tmp))
+    tmp = work_tempdir(work_dir, "customize")
+    try:
+        plain = plain_tar(base, tmp)
         entries, newest = _read_base(plain)
         mtime = source_date_epoch if source_date_epoch is not None else newest
         base_fd = os.open(plain, os.O_RDONLY)
@@ -348,4 +349,6 @@ def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
                     secrets.refuse(secrets.scan(tmp_out, image.secrets_allow), image.name)
         finally:
             os.close(base_fd)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return len(ordered)

@@ -92,3 +92,23 @@ def link_or_copy(src: Path, dst: Path) -> None:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
+
+
+def work_tempdir(work_dir: Path, prefix: str) -> Path:
+    """A new temporary directory in `work_dir` named `<prefix>.<pid>.*`, so that what a
+    killed process left can be told from what a running one uses (remove_stale_work)."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}.{os.getpid()}.", dir=work_dir))
+
+
+def remove_stale_work(work_dir: Path) -> None:
+    """Remove the temporary directories of processes that no longer run."""
+    for p in work_dir.iterdir():
+        parts = p.name.split(".")
+        if len(parts) < 3 or not parts[1].isdigit() or int(parts[1]) == os.getpid():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process

@@ -28,7 +28,6 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from .appliance import Appliance
 from .config import Accel
 from .errors import PipelineError
+from .fsutil import work_tempdir
 from .log import info, progress, step
 from .run import run
 from .tarballs import checked_members, copy_range, open_plain, plain_tar
@@ -260,7 +260,7 @@ def pack(tarball: Path, image: Path, *, label: str, fixed_size: int | None, slac
 
     Returns sizes in bytes and each phase's seconds (extract_s, mkfs_s, guest_s).
     """
-    work = Path(tempfile.mkdtemp(prefix="pack.", dir=work_dir))
+    work = work_tempdir(work_dir, "pack")
     t0 = time.monotonic()
     try:
         tree = work / "tree"

@@ -3,8 +3,12 @@
 Every stage output lives at `store/<stage>/<key>/`, where the key hashes the *content* of the
 stage's inputs (see hashing.stage_key). A directory that exists under its final name is a
 complete entry: entries are built beside it under a temporary name and renamed into place.
-Each entry holds `inputs.json`, the named inputs that made the key, so a miss can say which
-input changed since the image's previous build.
+Each entry holds `files.sha256` (size and sha256 of every file it holds) and, written last,
+`inputs.json`, the named inputs that made the key, so a miss can say which input changed
+since the image's previous build. `verify` checks an entry against its `files.sha256`: sizes
+and the hashes of small files when an entry is reused, every hash in `doit fsck` and
+`doit verify`. A half-built entry left by a killed build (`.<key>.*.tmp`) is removed by the
+next build of that key.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import contextlib
 import errno
 import fcntl
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +26,12 @@ from typing import Any
 
 from .errors import PipelineError
 from .fsutil import atomic_dir, atomic_write_bytes, link_or_copy
-from .hashing import stage_key
+from .hashing import sha256_file, stage_key
+from .log import warn
 
 INPUTS_FILE = "inputs.json"
+FILES_FILE = "files.sha256"
+CHEAP_HASH = 1 << 20  # on reuse, files up to this size are hashed, larger ones only sized
 
 
 @dataclass(frozen=True)
@@ -84,11 +93,101 @@ class Store:
 
     @contextlib.contextmanager
     def new_entry(self, si: StageInputs) -> Iterator[Path]:
-        """A temporary directory to build into; committed under its key on success."""
+        """A temporary directory to build into; committed under its key on success, with
+        its files' sizes and hashes, then its inputs (last: they mark it complete)."""
         with atomic_dir(self.path(si)) as tmp:
             yield tmp
+            (tmp / FILES_FILE).write_text(file_list(tmp))
             payload = {"stage": si.stage, "version": si.version, "inputs": si.inputs}
             (tmp / INPUTS_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True))
+
+    def remove_stale(self, si: StageInputs) -> None:
+        """Remove half-built entries of `si` left by a killed build; call under lock(si)."""
+        stage_dir = self.path(si).parent
+        if stage_dir.is_dir():
+            for tmp in stage_dir.glob(f".{si.key}.*.tmp"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def sweep(self) -> None:
+        """Remove every half-built entry whose builder is gone: its key's lock is free."""
+        base = self.root / "store"
+        if not base.is_dir():
+            return
+        for stage_dir in base.iterdir():
+            if stage_dir.name.startswith(".") or not stage_dir.is_dir():
+                continue
+            for tmp in stage_dir.glob(".*.tmp"):
+                key = tmp.name[1:].split(".")[0]
+                lock = base / ".locks" / f"{stage_dir.name}-{key}.lock"
+                try:
+                    with open(lock, "a") as f:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        fcntl.flock(f, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    continue  # being built right now
+                except OSError:
+                    continue
+
+    def intact(self, si: StageInputs) -> bool:
+        """A cheap check of a complete entry (sizes; hashes of small files)."""
+        return not verify(self.path(si), full=False)
+
+    def set_aside(self, si: StageInputs, problems: list[str]) -> None:
+        """Take a damaged entry out of the store (call under lock(si)), saying why."""
+        entry = self.path(si)
+        warn(f"{si.stage} entry {si.key} is damaged ({'; '.join(problems[:3])}); "
+             "removing it and building it again")
+        aside = entry.parent / f".{si.key}.damaged.{os.getpid()}.tmp"
+        os.rename(entry, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def file_list(entry: Path) -> str:
+    """`files.sha256` of a directory: "sha256  size  path" per file, sorted."""
+    lines = []
+    for dirpath, dirnames, filenames in os.walk(entry):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            rel = p.relative_to(entry).as_posix()
+            if rel in (FILES_FILE, INPUTS_FILE) or p.is_symlink():
+                continue
+            lines.append(f"{sha256_file(p)}  {p.stat().st_size}  {rel}\n")
+    return "".join(lines)
+
+
+def verify(entry: Path, full: bool = True) -> list[str]:
+    """What is wrong with a complete entry, compared with its `files.sha256` (empty: fine).
+
+    `full` hashes every file; otherwise only files up to CHEAP_HASH bytes, and the others'
+    sizes are compared. An entry from before files.sha256 existed has nothing to compare.
+    """
+    try:
+        listed = (entry / FILES_FILE).read_text()
+    except FileNotFoundError:
+        return [] if (entry / INPUTS_FILE).is_file() else [f"{INPUTS_FILE} is missing"]
+    except OSError as exc:
+        return [f"{FILES_FILE}: {exc.strerror}"]
+    problems = []
+    for line in listed.splitlines():
+        try:
+            digest, size_text, rel = line.split("  ", 2)
+            size = int(size_text)
+        except ValueError:
+            problems.append(f"{FILES_FILE} has a malformed line")
+            continue
+        p = entry / rel
+        try:
+            actual = p.stat().st_size
+        except OSError:
+            problems.append(f"{rel} is missing")
+            continue
+        if actual != size:
+            problems.append(f"{rel} has {actual} bytes, {size} expected")
+        elif (full or size <= CHEAP_HASH) and sha256_file(p) != digest:
+            problems.append(f"{rel} does not match its sha256")
+    return problems
 
 
 # --- why did a stage run? -------------------------------------------------------------

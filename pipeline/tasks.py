@@ -6,7 +6,8 @@ Tasks (see `doit list`):
     verify:baguette       boot every default image with ChromeOS's disk layout
     baguette:<image>      one image, by name (base:, rootfs:, pack: are its stages)
     lxc:<image>           one image's Crostini container
-    verify:<image>        boot one image
+    verify:<image>        check one image's store entries (fsck), then boot it
+    fsck                  check every store entry against its recorded hashes
     appliance             the VM helper's kernel + initramfs
     bench                 the benchmarks in tests/bench/
 
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 from doit.exceptions import TaskFailed
 
-from . import build, gc
+from . import build, fsck, gc
 from .build import Context
 from .config import Config, Image
 from .errors import PipelineError
@@ -82,7 +83,8 @@ class InStore:
 
     def __call__(self) -> bool:
         try:
-            return self.ctx.store.has(self.inputs(self.image)) and (
+            si = self.inputs(self.image)
+            return self.ctx.store.has(si) and self.ctx.store.intact(si) and (
                 self.published is None or self.published(self.ctx, self.image))
         except PipelineError:
             return False
@@ -147,7 +149,8 @@ def _stage_tasks(ctx: Context, image: Image) -> Iterator[dict[str, Any]]:
     yield {
         "basename": "verify", "name": n,
         "doc": f"boot {n} with ChromeOS's disk layout and check its init runs",
-        "actions": [_action(lambda: build.verify(ctx, image))],
+        "actions": [_action(lambda: fsck.check(ctx, fsck.image_entries(ctx, image))),
+                    _action(lambda: build.verify(ctx, image))],
         "task_dep": [f"baguette:{n}", "appliance"],
         "verbosity": 2,
     }
@@ -208,6 +211,13 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
             "verbosity": 2,
         }
 
+    def task_fsck() -> dict[str, Any]:
+        return {
+            "actions": [_action(lambda: fsck.check_store(ctx))],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
     def task_bench() -> dict[str, Any]:
         return {
             "actions": [[sys.executable, "-m", "tests.bench"]],
@@ -220,6 +230,7 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
         "build": "build:baguette / build:lxc build the default images (Baguette / Crostini)",
         "bench": "benchmarks (tests/bench/): ratios against baselines measured in one run",
         "gc": "free store entries the config does not need (keeps the newest --keep N)",
+        "fsck": "check every store entry against the sizes and hashes recorded with it",
         "base": "base:<image>: the base rootfs tarball from the image's source",
         "rootfs": "rootfs:<image>: the customized, normalised rootfs tarball",
         "pack": "pack:<image>: the raw btrfs image, packed through the VM helper",
@@ -228,7 +239,8 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
         "lxc": "lxc:<image>: one image's Crostini container (metadata + rootfs tarballs)",
     }
     out: dict[str, Callable[[], Any]] = {
-        "appliance": task_appliance, "build": task_build, "bench": task_bench, "gc": task_gc}
+        "appliance": task_appliance, "build": task_build, "bench": task_bench, "gc": task_gc,
+        "fsck": task_fsck}
     for stage in ("base", "rootfs", "pack", "baguette", "lxc", "verify"):
         out[stage] = per_image(stage)
     for name, fn in out.items():

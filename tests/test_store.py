@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from pipeline import fsutil, hashing
+from pipeline import store as store_mod
 from pipeline.fsutil import atomic_path, atomic_write_bytes, link_or_copy
 from pipeline.hashing import FileHashMemo, stage_key, tree_manifest
 from pipeline.store import (
@@ -565,3 +566,76 @@ def test_publish_links_store_file(tmp_path: Path) -> None:
     dst = tmp_path / "bookworm" / "disk.img"
     publish(src, dst)
     assert os.path.samefile(src, dst)
+
+
+# --- entry verification and what killed builds leave -----------------------------------------
+
+
+def test_entry_records_its_files_and_verifies(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    s = si()
+    with store.new_entry(s) as tmp:
+        (tmp / "big.img").write_bytes(b"b" * (store_mod.CHEAP_HASH + 1))
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "small").write_bytes(b"small")
+    entry = store.path(s)
+    listed = (entry / store_mod.FILES_FILE).read_text().splitlines()
+    assert [line.split("  ")[1:] for line in listed] == [
+        [str(store_mod.CHEAP_HASH + 1), "big.img"], ["5", "sub/small"]]
+    assert store_mod.verify(entry) == [] and store.intact(s)
+
+    with open(entry / "big.img", "r+b") as f:  # same size, other bytes: only a full check
+        f.write(b"X")
+    assert store.intact(s)
+    assert store_mod.verify(entry) == ["big.img does not match its sha256"]
+    (entry / "sub" / "small").write_bytes(b"SMALL")  # small files are hashed on reuse
+    assert not store.intact(s)
+    (entry / "sub" / "small").write_bytes(b"small!")
+    assert "sub/small has 6 bytes, 5 expected" in store_mod.verify(entry, full=False)
+    (entry / "sub" / "small").unlink()
+    assert "sub/small is missing" in store_mod.verify(entry, full=False)
+
+
+def test_an_entry_from_before_file_lists_is_accepted(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    s = si()
+    with store.new_entry(s) as tmp:
+        (tmp / "f").write_text("x")
+    (store.path(s) / store_mod.FILES_FILE).unlink()
+    assert store.intact(s) and store_mod.verify(store.path(s)) == []
+
+
+def test_set_aside_and_stale_entries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = Store(tmp_path)
+    s = si()
+    with store.new_entry(s) as tmp:
+        (tmp / "f").write_text("x")
+    stage_dir = store.path(s).parent
+    (stage_dir / f".{s.key}.abc123.tmp").mkdir()  # a killed build's half-built entry
+    (stage_dir / ".otherkey.abc123.tmp").mkdir()  # another key's: not ours to remove
+    store.remove_stale(s)
+    assert sorted(p.name for p in stage_dir.iterdir()) == [".otherkey.abc123.tmp", s.key]
+    store.set_aside(s, ["f does not match its sha256"])
+    assert not store.has(s)
+    assert sorted(p.name for p in stage_dir.iterdir()) == [".otherkey.abc123.tmp"]
+    assert "is damaged (f does not match its sha256)" in capsys.readouterr().err
+
+
+def test_stale_work_directories_of_dead_processes_go(tmp_path: Path) -> None:
+    dead = subprocessed_pid()
+    mine = fsutil.work_tempdir(tmp_path, "pack")
+    (tmp_path / f"pack.{dead}.xyz").mkdir()
+    (tmp_path / "pack.1.live").mkdir()  # pid 1 runs
+    (tmp_path / "unrelated").mkdir()
+    fsutil.remove_stale_work(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [mine.name, "pack.1.live", "unrelated"])
+
+
+def subprocessed_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
