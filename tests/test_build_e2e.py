@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import validate
+from pipeline.store import verify as verify_entry
 from tests.conftest import require_vm, write_rich_rootfs
 
 pytestmark = pytest.mark.vm
@@ -224,6 +225,17 @@ def test_two_processes_building_one_image(project: Path) -> None:
     packs = sum(err.count("==> Packing the btrfs image") for _, err in outs)
     assert packs == 1, "the image was packed twice"
     assert len(list((project / "artifacts" / "store" / "baguette").iterdir())) == 1
+    # identical outputs: both name the same published file, which is the store's bytes
+    published = project / "artifacts" / "first" / "baguette_rootfs.img.zst"
+    assert all(f"first: {published}" in out for out, _ in outs), [o for o, _ in outs]
+    (entry,) = (project / "artifacts" / "store" / "baguette").iterdir()
+    digest = hashlib.sha256(published.read_bytes()).hexdigest()
+    assert hashlib.sha256((entry / published.name).read_bytes()).hexdigest() == digest
+    assert (published.parent / f"{published.name}.sha256").read_text().split()[0] == digest
+    for stage_dir in (project / "artifacts" / "store").glob("[!.]*"):
+        for e in stage_dir.glob("[!.]*"):
+            assert verify_entry(e) == [], e
+    assert not list((project / "artifacts" / "store").glob("*/.*.tmp"))
 
 
 def test_full_disk_is_one_message_and_leaves_nothing(project: Path) -> None:
