@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +253,12 @@ def _delta_base(ctx: Context, image: Image) -> tuple[Path, Path] | None:
     return prev_image, prev_rootfs / "rootfs.tar"
 
 
+def filesystem_uuid(key: str) -> str:
+    """The btrfs filesystem UUID of a full pack: from its store key, so that two builds of
+    the same inputs agree (a delta update keeps the UUID of the image it updates)."""
+    return str(uuid.UUID(hex=key[:32], version=4))
+
+
 def raw_image(ctx: Context, image: Image) -> Path:
     def build(d: Path) -> None:
         app = ctx.appliance()
@@ -259,7 +266,7 @@ def raw_image(ctx: Context, image: Image) -> Path:
         b = image.baguette
         args = dict(appliance=app, accel=accel.accel, timeout=ctx.config.build.vm_timeout,
                     memory_mib=memory_mib(ctx.config.build.vm_memory),
-                    log_path=ctx.log_path(image, "pack"))
+                    log_path=ctx.log_path(image, "pack"), clock=ctx.source_date_epoch)
         base = _delta_base(ctx, image)
         changes = delta.diff(base[1], ctx.rootfs_tarball(image)) if base else None
         if base is not None and changes is not None:
@@ -275,6 +282,7 @@ def raw_image(ctx: Context, image: Image) -> Path:
         if changes is None:
             pack.pack(ctx.rootfs_tarball(image), d / "disk.img", label=b.label,
                       fixed_size=b.size, slack=b.slack, work_dir=ctx.work_dir,
+                      fsid=filesystem_uuid(ctx.pack_inputs(image).key),
                       **args)  # type: ignore[arg-type]
         with step("Checking the filesystem"):
             validate.check_raw(d / "disk.img")

@@ -109,7 +109,7 @@ def write_job(delta: Delta, new: Path, job: Path) -> None:
 
 def apply(previous_image: Path, image: Path, delta: Delta, new_rootfs: Path, *,
           appliance: Appliance, accel: Accel, timeout: float, memory_mib: int,
-          log_path: Path, work: Path) -> None:
+          log_path: Path, work: Path, clock: int | None = None) -> None:
     run(["cp", "--reflink=auto", "--sparse=always", previous_image, image],
         hint="copying the previous image failed; is the disk full?")
     if not delta.changed and not delta.deleted:
@@ -119,6 +119,6 @@ def apply(previous_image: Path, image: Path, delta: Delta, new_rootfs: Path, *,
     try:
         boot(appliance, accel, [Disk(image, "image"), Disk(job, "job", readonly=True)],
              "appliance.mode=delta", log_path=log_path, timeout=timeout,
-             memory_mib=memory_mib, what="delta update", expect="UPDATED")
+             memory_mib=memory_mib, what="delta update", expect="UPDATED", clock=clock)
     finally:
         job.unlink(missing_ok=True)

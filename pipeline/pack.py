@@ -42,7 +42,7 @@ from .run import run
 from .tarballs import checked_members, copy_range, open_plain, plain_tar
 from .vm import Disk, boot
 
-VERSION = 1
+VERSION = 2  # 2: the filesystem UUID comes from the key; the guest clock from SOURCE_DATE_EPOCH
 SUBVOL = "rootfs_subvol"
 COPY_CHUNK = 1 << 20
 
@@ -228,12 +228,13 @@ def _renamed(m: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
     return c
 
 
-def mkfs(tree: Path, image: Path, label: str) -> int:
-    """Step 2: a btrfs of `tree`, shrunk to its content; returns that size in bytes."""
+def mkfs(tree: Path, image: Path, label: str, fsid: str | None = None) -> int:
+    """Step 2: a btrfs of `tree`, shrunk to its content; returns that size in bytes.
+    `fsid` fixes the filesystem UUID (else mkfs.btrfs draws one)."""
     image.unlink(missing_ok=True)
     image.touch()  # mkfs.btrfs stats the target first and complains about a missing one
     run(["mkfs.btrfs", "-q", "--rootdir", tree, "--shrink", "-L", label,
-         "-m", "dup", "-d", "single", image],
+         *(["-U", fsid] if fsid else []), "-m", "dup", "-d", "single", image],
         hint="mkfs.btrfs could not build the image; is the disk full?")
     return image.stat().st_size
 
@@ -255,8 +256,10 @@ def plan_size(content: int, fixed: int | None, slack: int) -> int:
 
 def pack(tarball: Path, image: Path, *, label: str, fixed_size: int | None, slack: int,
          appliance: Appliance, accel: Accel, timeout: float, memory_mib: int,
-         log_path: Path, work_dir: Path) -> dict[str, float]:
-    """The pack stage: rootfs tarball -> raw btrfs image at `image`.
+         log_path: Path, work_dir: Path, fsid: str | None = None,
+         clock: int | None = None) -> dict[str, float]:
+    """The pack stage: rootfs tarball -> raw btrfs image at `image`. `fsid` fixes the
+    filesystem UUID; `clock` starts the guest's clock there (SOURCE_DATE_EPOCH).
 
     Returns sizes in bytes and each phase's seconds (extract_s, mkfs_s, guest_s).
     """
@@ -272,7 +275,7 @@ def pack(tarball: Path, image: Path, *, label: str, fixed_size: int | None, slac
                  f"{len(staged.special)} special")
         t1 = time.monotonic()
         with step("mkfs.btrfs --rootdir"):
-            content = mkfs(tree, image, label)
+            content = mkfs(tree, image, label, fsid)
             size = plan_size(content, fixed_size, slack)
             os.truncate(image, size)
             info(f"content {content / 2**20:.0f} MiB, image {size / 2**20:.0f} MiB (sparse)")
@@ -283,7 +286,7 @@ def pack(tarball: Path, image: Path, *, label: str, fixed_size: int | None, slac
         with step(f"Fixing up in the guest ({accel.value})"):
             boot(appliance, accel, [Disk(image, "image"), Disk(job, "job", readonly=True)],
                  "appliance.mode=pack", log_path=log_path, timeout=timeout,
-                 memory_mib=memory_mib, what="pack", expect="PACKED")
+                 memory_mib=memory_mib, what="pack", expect="PACKED", clock=clock)
         t3 = time.monotonic()
         return {"content_bytes": content, "image_bytes": size,
                 "allocated_bytes": image.stat().st_blocks * 512,
