@@ -31,6 +31,7 @@ from .errors import GuestError, PipelineError
 from .fsutil import atomic_write_bytes, remove_stale_work
 from .hashing import FileHashMemo, sha256_file
 from .log import info, step, warn
+from .run import require_version
 from .sources import source_for
 from .store import StageInputs, Store, explain_miss, publish, record_build
 from .store import verify as verify_entry
@@ -261,6 +262,8 @@ def filesystem_uuid(key: str) -> str:
 
 def raw_image(ctx: Context, image: Image) -> Path:
     def build(d: Path) -> None:
+        for tool in ("mkfs.btrfs", "qemu-system-x86_64"):  # before the appliance copies them
+            require_version(tool)
         app = ctx.appliance()
         accel = choose(ctx.config.build.accel, app, ctx.cache_dir)
         b = image.baguette

@@ -38,7 +38,7 @@ from .config import Accel
 from .errors import PipelineError
 from .fsutil import work_tempdir
 from .log import info, progress, step
-from .run import run
+from .run import require_version, run
 from .tarballs import checked_members, copy_range, open_plain, plain_tar
 from .vm import Disk, boot
 
@@ -233,7 +233,7 @@ def mkfs(tree: Path, image: Path, label: str, fsid: str | None = None) -> int:
     `fsid` fixes the filesystem UUID (else mkfs.btrfs draws one)."""
     image.unlink(missing_ok=True)
     image.touch()  # mkfs.btrfs stats the target first and complains about a missing one
-    run(["mkfs.btrfs", "-q", "--rootdir", tree, "--shrink", "-L", label,
+    run([require_version("mkfs.btrfs"), "-q", "--rootdir", tree, "--shrink", "-L", label,
          *(["-U", fsid] if fsid else []), "-m", "dup", "-d", "single", image],
         hint="mkfs.btrfs could not build the image; is the disk full?")
     return image.stat().st_size

@@ -6,8 +6,10 @@ it, so a missing tool is reported as "install PACKAGE", never as a bare FileNotF
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -40,6 +42,16 @@ HOST_TOOLS: dict[str, str] = {
 
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
+# tool -> (oldest version accepted, what needs it). Tested here with btrfs-progs 6.2 and
+# QEMU 7.2; the floors are Debian 11's versions, older than anything the features need.
+MIN_VERSIONS: dict[str, tuple[tuple[int, ...], str]] = {
+    "mkfs.btrfs": ((5, 10), "mkfs.btrfs --rootdir with --shrink (4.14.1+) and a btrfs whose "
+                   "`subvolume set-default` takes just a path"),
+    "qemu-system-x86_64": ((5, 2), "PVH boot of the appliance's vmlinux (4.0+), "
+                           "`-accel` and `-nic none`"),
+}
+_VERSION_RE = re.compile(r"(?:version|\bv)\s*(\d+)\.(\d+)(?:\.(\d+))?")
+
 
 def which(tool: str) -> str | None:
     """Find a tool on PATH, then in the sbin directories a non-root PATH often lacks."""
@@ -63,6 +75,41 @@ def require(tool: str) -> str:
             hint=f"install the Debian package {package!r} "
             f"(apt-get install {package}), or run `python3 -m pipeline.hostsetup`",
         )
+    return path
+
+
+def tool_version(path: str) -> tuple[int, ...] | None:
+    """The version `path --version` prints (e.g. (6, 2)), None if it prints none."""
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True,
+                              timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = _VERSION_RE.search(proc.stdout + proc.stderr)
+    if m is None:
+        return None
+    return tuple(int(g) for g in m.groups() if g is not None)
+
+
+@functools.cache
+def _checked(tool: str, path: str) -> None:
+    minimum, needed_for = MIN_VERSIONS[tool]
+    found = tool_version(path)
+    if found is not None and found < minimum:
+        package = HOST_TOOLS.get(tool, tool)
+        have, need = ".".join(map(str, found)), ".".join(map(str, minimum))
+        raise ToolError(
+            f"{tool} {have} ({path}, from {package}) is too old: the pipeline needs "
+            f"{need} or newer, for {needed_for}",
+            hint=f"install a newer {package} (Debian 12 ships a recent enough one), or put "
+            "a newer build first on PATH")
+
+
+def require_version(tool: str) -> str:
+    """Like `require`, and the tool is at least its MIN_VERSIONS version (checked once)."""
+    path = require(tool)
+    if tool in MIN_VERSIONS:
+        _checked(tool, path)
     return path
 
 

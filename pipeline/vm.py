@@ -20,7 +20,7 @@ from .appliance import Appliance
 from .config import Accel
 from .errors import GuestError
 from .log import warn
-from .run import require
+from .run import require_version
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def qemu_argv(appliance: Appliance, accel: Accel, disks: list[Disk], cmdline: st
     kernel writes into the image (ctime, otime of what it changes) carry no build date.
     """
     argv = [
-        require("qemu-system-x86_64"),
+        require_version("qemu-system-x86_64"),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-machine", "q35",
         "-accel", accel.value,

@@ -26,7 +26,7 @@ from pipeline import build, config
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("base", "rootfs", "lxc")  # in build order; a case fails in one of them (or before)
+STAGES = ("base", "rootfs", "lxc", "pack", "baguette")  # a case fails in one (or before)
 
 
 # --- tarball factory -------------------------------------------------------------------------
@@ -146,6 +146,19 @@ def dotfile_bashrc(project: Path) -> None:
 
 def artifacts_is_a_file(project: Path) -> None:
     (project / "artifacts").write_text("not a directory\n")
+
+
+def fake_tool(name: str, version_text: str) -> Callable[[Path], None]:
+    """<project>/bin/NAME printing `version_text` (set PATH=<project>/bin:$PATH)."""
+    def setup(project: Path) -> None:
+        bindir = project / "bin"
+        bindir.mkdir()
+        (bindir / name).write_text(f"#!/bin/sh\necho '{version_text}'\n")
+        (bindir / name).chmod(0o755)
+    return setup
+
+
+FAKE_PATH = {"PATH": "{project}/bin:" + os.environ.get("PATH", "/usr/bin:/bin")}
 
 
 def path_without(*tools: str) -> Callable[[Path], None]:
@@ -281,6 +294,12 @@ CASES = [
          toml=toml(GOOD_IMAGE.replace('source = "tarball"', 'source = "debian"')
                    .replace('[images.first.tarball]\npath = "rootfs.tar"\n', "")),
          setup=path_without("mmdebstrap"), env={"PATH": "{project}/bin"}),
+    Case("env-btrfs-progs-too-old", "mkfs.btrfs 4.9.1 (", "pack",
+         setup=fake_tool("mkfs.btrfs", "mkfs.btrfs, part of btrfs-progs v4.9.1"),
+         env=FAKE_PATH),
+    Case("env-qemu-too-old", "qemu-system-x86_64 2.11.1 (", "pack",
+         setup=fake_tool("qemu-system-x86_64", "QEMU emulator version 2.11.1(Debian 1:2.11)"),
+         env=FAKE_PATH),
     # --- through the doit command line ---
     Case("doit-images-toml-nowhere", "not found", "env", via_doit=True,
          env={"IMAGES_TOML": "{project}/nowhere/images.toml"}),
@@ -320,7 +339,10 @@ def _in_process(project: Path, case: Case, monkeypatch: pytest.MonkeyPatch) -> s
         image = cfg.image("first")
         build.base(ctx, image)
         build.rootfs(ctx, image)
-        build.lxc_image(ctx, image)
+        if case.stage == "pack":
+            build.raw_image(ctx, image)
+        else:
+            build.lxc_image(ctx, image)
     return str(err.value)
 
 

@@ -114,3 +114,27 @@ def test_corrupt_tarball_is_refused_before_the_vm(appliance: Appliance, tmp_path
                   appliance=appliance, accel=Accel.TCG, timeout=300, memory_mib=256,
                   log_path=tmp_path / "c.log", work_dir=tmp_path)
     assert not (tmp_path / "c.log").exists(), "the VM should not have started"
+
+
+def test_guest_kernel_panic_is_reported_and_cleaned_up(appliance: Appliance, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest whose kernel panics (here: its init cannot be run) is a GuestError that says
+    so and names the kept console log; the pack's staging directory is removed."""
+    real_boot = pack.boot
+
+    def panicking(*args: object, **kwargs: object) -> vm.GuestResult:
+        app, accel, disks, cmdline = args
+        return real_boot(app, accel, disks, f"{cmdline} rdinit=/nonexistent",  # type: ignore[arg-type]
+                         **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pack, "boot", panicking)
+    tarball = _tar(tmp_path / "r.tar", ["./", "./a"])
+    log = tmp_path / "logs" / "pack.console.log"
+    with pytest.raises(GuestError) as err:
+        pack.pack(tarball, tmp_path / "disk.img", label="x", fixed_size=None, slack=0,
+                  appliance=appliance, accel=Accel.TCG, timeout=300, memory_mib=256,
+                  log_path=log, work_dir=tmp_path)
+    assert "(kernel panic)" in err.value.message and str(log) in err.value.message
+    assert err.value.console_log == str(log)
+    assert "Kernel panic" in log.read_text()
+    assert not list(tmp_path.glob("pack.*")), "the staging directory was left behind"
