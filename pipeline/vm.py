@@ -72,7 +72,8 @@ def qemu_argv(appliance: Appliance, accel: Accel, disks: list[Disk], cmdline: st
         start = datetime.datetime.fromtimestamp(clock, datetime.UTC)
         argv += ["-rtc", f"base={start.strftime('%Y-%m-%dT%H:%M:%S')},clock=vm"]
     for i, d in enumerate(disks):
-        opts = f"id=disk{i},file={d.path},format=raw,if=none,cache=unsafe,discard=unmap"
+        opts = (f"id=disk{i},file={d.path},format=raw,if=none,cache=unsafe,discard=unmap,"
+                "werror=report,rerror=report")  # a full host disk: an I/O error, not a pause
         if d.readonly:
             opts += ",readonly=on"
         argv += ["-drive", opts, "-device", f"virtio-blk-pci,drive=disk{i},serial={d.serial}"]

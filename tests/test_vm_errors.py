@@ -138,3 +138,47 @@ def test_guest_kernel_panic_is_reported_and_cleaned_up(appliance: Appliance, tmp
     assert err.value.console_log == str(log)
     assert "Kernel panic" in log.read_text()
     assert not list(tmp_path.glob("pack.*")), "the staging directory was left behind"
+
+
+def test_host_disk_full_under_the_guest_is_an_error_not_a_pause(
+        appliance: Appliance, tmp_path: Path) -> None:
+    """The packed image on a tmpfs with room for what mkfs.btrfs wrote but not for the
+    guest's changes: QEMU reports the failed writes to the guest (werror=report) instead of
+    pausing it until the timeout, and the guest's error ends the run."""
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    tarball = _tar(tmp_path / "r.tar", ["./", "./d/", *[f"./d/f{i}" for i in range(2000)]])
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    staged = pack.extract(tarball, tree)
+    built = tmp_path / "disk.img"
+    pack.mkfs(tree, built, "x")
+    os.truncate(built, 1 << 30)
+    job = tmp_path / "job.tar"
+    pack.write_job(staged, "x", job)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)
+    try:
+        image = small / "disk.img"
+        subprocess.run(["cp", "--sparse=always", str(built), str(image)], check=True)
+        used_kib = image.stat().st_blocks // 2  # then no room for one more block
+        subprocess.run(["mount", "-o", f"remount,size={used_kib}k", str(small)], check=True)
+        log = tmp_path / "pack.console.log"
+        start = time.monotonic()
+        with pytest.raises(GuestError) as err:
+            boot(appliance, Accel.TCG, [vm.Disk(image, "image"),
+                                        vm.Disk(job, "job", readonly=True)],
+                 "appliance.mode=pack", log_path=log, timeout=600, memory_mib=256,
+                 what="pack", expect="PACKED")
+        took = time.monotonic() - start
+        assert "did not finish" not in err.value.message, "the guest was paused, not told"
+        print(f"\nfull disk under the guest: failed after {took:.1f} s: {err.value.message}")
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+        shutil.rmtree(tree, ignore_errors=True)
