@@ -278,3 +278,43 @@ def test_failed_delta_update_falls_back_to_a_full_pack(project: Path) -> None:
            if p != previous]
     assert len(new) == 1
     validate.check_raw(new[0])
+
+
+def _fill(directory: Path, leave: int) -> Path:
+    """A ballast file taking all free space of `directory`'s filesystem but `leave` bytes."""
+    st = os.statvfs(directory)
+    ballast = directory / "ballast"
+    with open(ballast, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, max(0, st.f_bavail * st.f_frsize - leave))
+    return ballast
+
+
+@pytest.mark.parametrize("stage, before", [("pack", "rootfs:first"),
+                                           ("baguette", "pack:first")])
+def test_full_disk_while_packing_or_compressing(project: Path, stage: str,
+                                                before: str) -> None:
+    """The artifacts on a tmpfs that fills up during the pack (host extraction) or the
+    compression: one message, a non-zero exit, no entry, no temporary files; with space
+    again the same command completes."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    artifacts = project / "artifacts"
+    artifacts.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(artifacts)],
+                   check=True)
+    try:
+        doit(project, before, "appliance")
+        ballast = _fill(artifacts, 256 << 10)
+        proc = doit(project, f"{stage}:first", check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, out
+        assert "the disk is full" in out or "No space left on device" in out, out
+        assert "Traceback" not in out, out
+        store = artifacts / "store"
+        assert not list(store.glob(f"{stage}/[!.]*")), f"{stage} left an entry"
+        assert not list(store.glob("*/.*.tmp")), "a half-built entry was left behind"
+        assert not list((artifacts / "tmp").iterdir()), "temporary files were left behind"
+        ballast.unlink()
+        doit(project, f"{stage}:first")
+    finally:
+        subprocess.run(["umount", str(artifacts)], check=True)
