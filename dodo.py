@@ -13,8 +13,10 @@ from pipeline.tasks import creators, exit_on_config_error
 DOIT_CONFIG = {
     "default_tasks": ["build:baguette"],
     "verbosity": 2,
-    "dep_file": ".doit.db",
-    "backend": "json",
+    # sqlite commits atomically: a build killed while doit saves its state (or a power cut)
+    # cannot leave a half-written file that stops every later run, as the json backend can
+    "dep_file": ".doit.db.sqlite",
+    "backend": "sqlite3",
     "par_type": "thread",  # `doit -n 2`: stages are I/O- and QEMU-bound, threads suffice
 }
 

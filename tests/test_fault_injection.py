@@ -195,3 +195,17 @@ def test_fsck_finds_same_size_damage_and_removes_the_entry(tmp_path: Path) -> No
         fsck.check_store(ctx)
     assert sorted(Store(ctx.root).entries()) == ["base", "rootfs"]
     assert Store(ctx.root).entries()["rootfs"] == []
+
+
+def test_doit_state_cut_short_does_not_stop_the_next_run(tmp_path: Path) -> None:
+    """A power cut while doit saves its state can leave the file empty or torn; the next
+    run still works (doit's sqlite backend; its json backend refuses such a file)."""
+    write_project(tmp_path)
+    log = tmp_path / "first.log"
+    assert start(tmp_path, log, "rootfs:first").wait() == 0, log.read_text()
+    db = tmp_path / ".doit.db"
+    assert db.stat().st_size > 0
+    db.write_bytes(b"")
+    log = tmp_path / "second.log"
+    assert start(tmp_path, log, "rootfs:first").wait() == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
