@@ -6,7 +6,6 @@ import contextlib
 import io
 import lzma
 import os
-import shutil
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -77,6 +76,89 @@ def open_stream(path: Path) -> Iterator[BinaryIO]:
                 yield f  # type: ignore[misc]
 
 
+# member types whose header is followed by no data (tarfile: the others carry `size` bytes)
+_NO_DATA = {tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
+            tarfile.DIRTYPE, tarfile.FIFOTYPE}
+
+
+def _read_full(src: BinaryIO, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = src.read(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+TRAILER_LIMIT = 64 << 20
+
+
+def copy_archive(src: BinaryIO, dst: BinaryIO, path: Path) -> None:
+    """Copy a decompressed tar stream up to its end-of-archive block, header by header.
+
+    What follows that block (record padding) is read, so the compressed stream's own check
+    runs, but not written; more than TRAILER_LIMIT of it (gigabytes of zeros from a
+    decompression bomb, say) is refused. A malformed or cut stream is copied as far as it
+    goes: `members` then refuses it with the reason.
+    """
+    _copy_members(src, dst)
+    trailing = 0
+    while chunk := src.read(1 << 20):
+        trailing += len(chunk)
+        if trailing > TRAILER_LIMIT:
+            raise PipelineError(
+                f"{path}: more than {TRAILER_LIMIT >> 20} MiB follow the archive's "
+                "end-of-archive block (a decompression bomb?)",
+                hint="give the rootfs tarball itself, without data appended")
+
+
+def _copy_members(src: BinaryIO, dst: BinaryIO) -> None:
+    pax_size: int | None = None
+    while True:
+        header = _read_full(src, tarfile.BLOCKSIZE)
+        dst.write(header)
+        if len(header) < tarfile.BLOCKSIZE or not header.strip(b"\0"):
+            return  # cut short, or the end-of-archive block
+        try:
+            size = tarfile.nti(header[124:136])  # type: ignore[attr-defined]
+        except (tarfile.HeaderError, ValueError):
+            return
+        kind = header[156:157]
+        if kind in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
+            data = _read_full(src, size + -size % tarfile.BLOCKSIZE)
+            dst.write(data)
+            if kind != tarfile.XGLTYPE:
+                pax_size = _pax_size(data[:size])
+            continue
+        if pax_size is not None:
+            size, pax_size = pax_size, None
+        if kind in _NO_DATA:
+            continue
+        remaining = size + -size % tarfile.BLOCKSIZE
+        while remaining:
+            chunk = src.read(min(remaining, 1 << 20))
+            if not chunk:
+                return
+            dst.write(chunk)
+            remaining -= len(chunk)
+
+
+def _pax_size(records: bytes) -> int | None:
+    """The `size` a pax extended header gives the next member (files over 8 GiB), if any."""
+    pos = 0
+    while pos < len(records):
+        length_text, _, _ = records[pos:pos + 20].partition(b" ")
+        if not length_text.isdigit() or int(length_text) <= 0:
+            return None
+        record = records[pos:pos + int(length_text)]
+        key, _, value = record.partition(b" ")[2].partition(b"=")
+        if key == b"size":
+            return int(value.rstrip(b"\n")) if value.rstrip(b"\n").isdigit() else None
+        pos += int(length_text)
+    return None
+
+
 def plain_tar(tarball: Path, work: Path) -> Path:
     """`tarball` itself if uncompressed, else a decompressed copy in `work`."""
     if sniff(tarball) == "tar":
@@ -84,7 +166,13 @@ def plain_tar(tarball: Path, work: Path) -> Path:
     out = work / "rootfs.tar"
     with open_stream(tarball) as src, open(out, "wb") as dst:
         try:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            copy_archive(src, dst, tarball)
+        except PipelineError:
+            raise
+        except OSError as exc:
+            if exc.errno is not None:  # the disk, not the data (BadGzipFile has none)
+                raise
+            raise corrupt(tarball, exc) from None
         except Exception as exc:
             raise corrupt(tarball, exc) from None
     return out

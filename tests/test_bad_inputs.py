@@ -269,6 +269,8 @@ CASES = [
          tarball=b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8),
     Case("tar-gzip-of-zeros", "the tarball holds no entries", "base",
          tarball=gzip.compress(bytes(8 << 20))),
+    Case("tar-decompression-bomb-after-the-archive", "more than 64 MiB follow the archive's "
+         "end-of-archive block", "base", tarball=gzip.compress(tar() + bytes(80 << 20), 1)),
     # --- the rootfs stage ---
     Case("rootfs-secret-in-dotfiles", "/home/user/.aws/credentials: AWS access key", "rootfs",
          setup=secret_dotfile),

@@ -222,7 +222,9 @@ def test_plain_tar_decompresses(tmp_path: Path, fmt: str) -> None:
     path = write(tmp_path, MISLEADING[fmt], COMPRESS[fmt](raw))
     out = plain_tar(path, work)
     assert out.parent == work and out != path
-    assert out.read_bytes() == raw
+    data = out.read_bytes()  # up to the end-of-archive block: no record padding
+    assert raw.startswith(data) and data.endswith(bytes(512)) and len(data) < len(raw)
+    assert read_all(out) == EXPECTED
 
 
 @pytest.mark.parametrize("fmt", ["gzip", "xz", "zstd"])
@@ -234,3 +236,40 @@ def test_plain_tar_corrupt(tmp_path: Path, fmt: str) -> None:
     path = write(tmp_path, "rootfs", bytes(data))
     with pytest.raises(PipelineError, match="corrupt or truncated"):
         plain_tar(path, work)
+
+
+# --- copy_archive: up to the end-of-archive block ---------------------------------------------
+
+
+def test_copy_archive_follows_pax_sizes(tmp_path: Path) -> None:
+    """A member over 8 GiB has size 0 in its header and its real size in a pax record; the
+    copy follows the record (shown here on a small member made to look like one)."""
+    from pipeline.tarballs import copy_archive
+
+    data = os.urandom(3000)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("big")
+        ti.size, ti.pax_headers = len(data), {"size": str(len(data))}
+        tf.addfile(ti, io.BytesIO(data))
+    raw = bytearray(buf.getvalue())
+    hdr = 1024  # the pax header, one block of records, then the member's own header
+    assert raw[156:157] == tarfile.XHDTYPE and raw[hdr:hdr + 3] == b"big"
+    raw[hdr + 124:hdr + 136] = b"00000000000\0"
+    raw[hdr + 148:hdr + 156] = b" " * 8
+    raw[hdr + 148:hdr + 156] = b"%06o\0 " % sum(raw[hdr:hdr + 512])
+    out = io.BytesIO()
+    copy_archive(io.BytesIO(bytes(raw)), out, tmp_path / "x.tar")
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        assert tf.extractfile("big").read() == data  # type: ignore[union-attr]
+    assert out.getvalue().endswith(bytes(512)) and len(out.getvalue()) < len(raw)
+
+
+def test_copy_archive_refuses_a_bomb_after_the_archive(tmp_path: Path) -> None:
+    from pipeline.tarballs import TRAILER_LIMIT, copy_archive
+
+    raw = make_tar() + bytes(TRAILER_LIMIT + (1 << 20))
+    out = io.BytesIO()
+    with pytest.raises(PipelineError, match="follow the archive's end-of-archive block"):
+        copy_archive(io.BytesIO(raw), out, tmp_path / "bomb.tar.gz")
+    assert len(out.getvalue()) <= len(make_tar()), "the bomb's zeros were written"

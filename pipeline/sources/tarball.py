@@ -7,16 +7,16 @@ does not.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ..config import Image
+from ..errors import PipelineError
 from ..fsutil import atomic_path
 from ..hashing import FileHashMemo
 from ..store import StageInputs
-from ..tarballs import checked_members, corrupt, open_plain, open_stream
+from ..tarballs import checked_members, copy_archive, corrupt, open_plain, open_stream
 
-VERSION = 2
+VERSION = 3  # 3: base.tar ends at its end-of-archive block
 
 
 def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
@@ -35,7 +35,13 @@ def build(image: Image, out: Path) -> None:
     with atomic_path(out) as tmp:
         with open_stream(src) as stream, open(tmp, "wb") as dst:
             try:
-                shutil.copyfileobj(stream, dst, 1 << 20)
+                copy_archive(stream, dst, src)
+            except PipelineError:
+                raise
+            except OSError as exc:
+                if exc.errno is not None:  # the disk, not the data (BadGzipFile has none)
+                    raise
+                raise corrupt(src, exc) from None
             except Exception as exc:  # lzma, zlib and zstd each raise their own type
                 raise corrupt(src, exc) from None
         tf = open_plain(tmp, src)
