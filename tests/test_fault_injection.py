@@ -154,6 +154,9 @@ def test_killed_at_random_moments_then_rerun(tmp_path: Path) -> None:
     assert sha256_file(published) == recorded
     assert not list((artifacts / "tmp").iterdir()), "killed builds' temporary files remain"
     assert not list((artifacts / "store").glob("*/.*.tmp")), "half-built entries remain"
+    log = project / "fsck.log"
+    assert start(project, log, "fsck").wait() == 0, log.read_text()[-3000:]
+    assert f"{entries} entries intact" in log.read_text()
     print(f"\ncold build {cold:.1f} s; {sum(landed.values())} kills landed in "
           f"{json.dumps(dict(landed), sort_keys=True)}; {finished} runs finished first; "
           f"{entries} entries verified after the final run")
