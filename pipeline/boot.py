@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 from .appliance import Appliance
 from .config import Accel
 from .errors import GuestError
+from .fsutil import work_tempdir
 from .run import run
 from .vm import Disk, boot
 
@@ -81,7 +83,8 @@ def parse_os_release(console: str) -> dict[str, str]:
 def boot_image(zst: Path, *, appliance: Appliance, accel: Accel, timeout: float,
                log_path: Path, work_dir: Path, memory_mib: int = 1024) -> BootResult:
     """Boot the compressed image `zst`; raise GuestError unless its init ran the command."""
-    with tempfile.TemporaryDirectory(prefix="boot.", dir=work_dir) as tmp:
+    tmp = work_tempdir(work_dir, "boot")
+    try:
         tools = Path(tmp, "tools.img")
         rootfs = Path(tmp, "rootfs.img")
         make_tools_disk(tools)
@@ -95,6 +98,8 @@ def boot_image(zst: Path, *, appliance: Appliance, accel: Accel, timeout: float,
                       [Disk(tools, TOOLS_LABEL, readonly=True), Disk(rootfs, "rootfs")],
                       cmdline, log_path=log_path, timeout=timeout, memory_mib=memory_mib,
                       what="boot test")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     release = parse_os_release(result.console)
     if "ID" not in release:
         raise GuestError(
