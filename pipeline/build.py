@@ -30,6 +30,7 @@ from .errors import GuestError, PipelineError
 from .fsutil import atomic_write_bytes
 from .hashing import FileHashMemo, sha256_file
 from .log import info, step, warn
+from .sources import nix as nix_source
 from .sources import source_for
 from .store import StageInputs, Store, explain_miss, publish, record_build
 from .vm import memory_mib
@@ -206,7 +207,7 @@ def run_stage(ctx: Context, image: Image, si: StageInputs, title: str,
 def base(ctx: Context, image: Image) -> Path:
     src = source_for(image.source)
     run_stage(ctx, image, ctx.base_inputs(image), f"Base rootfs from {image.source.value}",
-              lambda d: src.build(image, d / "base.tar"))
+              lambda d: src.build(image, d / "base.tar", ctx.base_inputs(image)))
     return ctx.base_tarball(image)
 
 
@@ -322,7 +323,9 @@ def lxc_image(ctx: Context, image: Image) -> tuple[list[Path], str]:
         opts = lxc.Options(x.rootfs_format, x.unified, x.compression_level, image.description,
                            x.variant, x.release, x.expiry_days, image.arch)
         created = ctx.source_date_epoch or int(time.time())
-        result = lxc.build(rootfs_tar, d, opts, creation_date=created, work=d)
+        source_md = ctx.base_tarball(image).parent / nix_source.METADATA_TAR
+        result = lxc.build(rootfs_tar, d, opts, creation_date=created, work=d,
+                           source_metadata=source_md if source_md.is_file() else None)
         (d / "files").write_text(result["files"] + "\n")
         (d / "fingerprint").write_text(result["fingerprint"] + "\n")
         sizes = ", ".join(f"{f} {(d / f).stat().st_size / 2**20:.1f} MiB"

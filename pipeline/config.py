@@ -76,8 +76,9 @@ BUILD_SETTINGS = (
 )
 
 IMAGE_SETTINGS = (
-    Setting("source", "enum:debian,tarball", None,
-            "Where the base rootfs comes from: `debian` (mmdebstrap), `tarball` (a file)."),
+    Setting("source", "enum:debian,tarball,nix", None,
+            "Where the base rootfs comes from: `debian` (mmdebstrap), `tarball` (a file), "
+            "`nix` (a NixOS configuration in a flake)."),
     Setting("description", "str", "", "Free text shown in listings and metadata."),
     Setting("arch", "enum:x86_64", "x86_64", "Guest architecture."),
     Setting("hostname", "str", "", "The guest's /etc/hostname; default: the image name."),
@@ -104,6 +105,17 @@ TARBALL_SETTINGS = (
     Setting("path", "path", None,
             "A rootfs tarball (tar, tar.gz, tar.xz or tar.zst; the format is sniffed)."),
 )
+
+NIX_SETTINGS = (
+    Setting("flake", "str", "nix",
+            "Flake reference: a directory (relative to images.toml; inside a git repository "
+            "only tracked files are seen) or a URI such as `github:me/cfg`."),
+    Setting("host", "str", "",
+            "Its `nixosConfigurations.<host>`; default: the image name."),
+)
+
+# Set by the NixOS configuration itself for `nix` images, so refused there.
+NIXOS_OWNED = ("hostname", "dotfiles", "user", "uid", "chromeos_integration")
 
 BAGUETTE_SETTINGS = (
     Setting("label", "str", "",
@@ -132,6 +144,7 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
     "images.<name>": IMAGE_SETTINGS,
     "images.<name>.debian": DEBIAN_SETTINGS,
     "images.<name>.tarball": TARBALL_SETTINGS,
+    "images.<name>.nix": NIX_SETTINGS,
     "images.<name>.baguette": BAGUETTE_SETTINGS,
     "images.<name>.lxc": LXC_SETTINGS,
 }
@@ -151,6 +164,16 @@ class DebianSource:
 @dataclass(frozen=True)
 class TarballSource:
     path: Path
+
+
+@dataclass(frozen=True)
+class NixSource:
+    flake: str  # a flake reference Nix understands (directories made absolute)
+    host: str
+
+    @property
+    def attribute(self) -> str:
+        return f"nixosConfigurations.{self.host}.config.system.build"
 
 
 @dataclass(frozen=True)
@@ -185,6 +208,7 @@ class Image:
     secrets_allow: tuple[str, ...]
     debian: DebianSource | None
     tarball: TarballSource | None
+    nix: NixSource | None
     baguette: BaguetteOptions
     lxc: LxcOptions
 
@@ -311,10 +335,11 @@ def _image(name: str, table: Any, base: Path) -> Image:
     if not _NAME_RE.match(name):
         raise ConfigError(f"{where}: bad image name",
                           hint="use lowercase letters, digits and '-' (it names files and tasks)")
-    v = _section(where, table, IMAGE_SETTINGS, base, ("debian", "tarball", "baguette", "lxc"))
+    v = _section(where, table, IMAGE_SETTINGS, base,
+                 ("debian", "tarball", "nix", "baguette", "lxc"))
     kind = SourceKind(_required(where, v, "source", IMAGE_SETTINGS))
 
-    debian = tarball = None
+    debian = tarball = nix = None
     if kind is SourceKind.DEBIAN:
         d = _section(f"{where}.debian", table.get("debian", {}), DEBIAN_SETTINGS, base)
         debian = DebianSource(d["suite"], d["variant"], d["packages"], d["mirror"])
@@ -325,7 +350,9 @@ def _image(name: str, table: Any, base: Path) -> Image:
             raise ConfigError(f"{where}.tarball.path: {path} does not exist",
                               hint="give the path of a rootfs tarball, relative to images.toml")
         tarball = TarballSource(path)
-    for other in ("debian", "tarball"):
+    elif kind is SourceKind.NIX:
+        nix = _nix_source(name, table, base)
+    for other in ("debian", "tarball", "nix"):
         if other in table and other != kind.value:
             raise ConfigError(f"{where}.{other}: this table is for source = {other!r}, "
                               f"but the image's source is {kind.value!r}",
@@ -361,6 +388,8 @@ def _image(name: str, table: Any, base: Path) -> Image:
             raise ConfigError(f"{where}.dotfiles: {dotfiles} is not a directory",
                               hint="point it at a directory, or set dotfiles = \"\" for none")
         dotfiles = None
+    if kind is SourceKind.NIX:
+        dotfiles = None  # the flake reads the dotfiles itself (nix/modules/dotfiles.nix)
     if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", v["user"]):
         raise ConfigError(f"{where}.user: {v['user']!r} is not a valid user name",
                           hint="lowercase letters, digits, '_' and '-', starting with a letter")
@@ -375,13 +404,41 @@ def _image(name: str, table: Any, base: Path) -> Image:
         dotfiles=dotfiles,
         user=v["user"],
         uid=v["uid"],
-        chromeos_integration=v["chromeos_integration"],
+        chromeos_integration=v["chromeos_integration"] and kind is not SourceKind.NIX,
         secrets_allow=v["secrets_allow"],
         debian=debian,
         tarball=tarball,
+        nix=nix,
         baguette=BaguetteOptions(label, b["size"], b["slack"], b["compression_level"]),
         lxc=lxc,
     )
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+def _nix_source(name: str, table: dict[str, Any], base: Path) -> NixSource:
+    where = f"images.{name}"
+    for key in NIXOS_OWNED:
+        if key in table:
+            raise ConfigError(f"{where}.{key}: a `nix` image takes this from its NixOS "
+                              "configuration", hint=f"set it in the flake's host module and "
+                              f"remove `{key}` here (see nix/README.md)")
+    n = _section(f"{where}.nix", table.get("nix", {}), NIX_SETTINGS, base)
+    host = n["host"] or name
+    if not _HOST_RE.match(host):
+        raise ConfigError(f"{where}.nix.host: {host!r} is not a plain attribute name",
+                          hint="letters, digits, '_' and '-' (nixosConfigurations.<host>)")
+    flake = n["flake"]
+    if re.match(r"^[a-z][a-z0-9+.-]*:", flake) is None:  # a directory, not a URI
+        p = Path(flake).expanduser()
+        p = p if p.is_absolute() else (base / p)
+        if not (p / "flake.nix").is_file():
+            raise ConfigError(f"{where}.nix.flake: {p} holds no flake.nix",
+                              hint="point it at the directory of your flake, or use a URI "
+                              "such as github:owner/repo")
+        flake = str(p.resolve())
+    return NixSource(flake, host)
 
 
 def parse(text: str, path: Path) -> Config:

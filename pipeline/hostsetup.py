@@ -30,6 +30,13 @@ PACKAGES = [
 TEST_PACKAGES = ["lxd", "lxd-client"]  # the Crostini tests import into a real LXD
 
 
+def nix_packages() -> list[str]:
+    """Debian's nix-bin for `source = "nix"` images, unless another Nix (the official
+    installer's, say) is already on PATH: that one is used, with its own settings."""
+    nix = shutil.which("nix")
+    return ["nix-bin"] if nix is None or nix == "/usr/bin/nix" else []
+
+
 def missing_packages(names: list[str]) -> list[str]:
     out = subprocess.run(
         ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *names],
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print("setup: this is not a Debian-based system; install the equivalents of "
               f"{' '.join(PACKAGES)} by hand", file=sys.stderr)
     else:
-        install_packages(PACKAGES + (TEST_PACKAGES if args.tests else []))
+        install_packages(PACKAGES + nix_packages() + (TEST_PACKAGES if args.tests else []))
     ensure_venv("test" if args.tests else "")
     return 0
 

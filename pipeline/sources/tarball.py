@@ -27,10 +27,13 @@ def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
     })
 
 
-def build(image: Image, out: Path) -> None:
-    """Decompress the tarball into `out` as a plain tar, refusing a corrupt one."""
+def build(image: Image, out: Path, si: StageInputs | None = None) -> None:
     assert image.tarball is not None
-    src = image.tarball.path
+    decompress(image.tarball.path, out)
+
+
+def decompress(src: Path, out: Path) -> None:
+    """Decompress `src` into `out` as a plain tar, refusing a corrupt one."""
     with atomic_path(out) as tmp:
         with open_stream(src) as stream, open(tmp, "wb") as dst:
             try:
