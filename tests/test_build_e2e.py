@@ -172,7 +172,10 @@ def test_debian_default_image_boots(tmp_path: Path) -> None:
         resolv = tf.getmember("./etc/resolv.conf")
     for unit in ("vshd", "maitred", "cros-port-listener", "baguette-resize"):
         assert f"./etc/systemd/system/multi-user.target.wants/{unit}.service" in names
+    for unit in ("sommelier@0", "sommelier-x@0", "cros-garcon"):
+        assert f"./etc/systemd/user/default.target.wants/{unit}.service" in names
     assert "./etc/udev/rules.d/10-cros-virtwl.rules" in names
+    assert "./etc/profile.d/10-cros-guest-env.sh" in names
     assert "./usr/sbin/usermod" in names
     assert resolv.issym() and resolv.linkname == "../run/resolv.conf"
     assert {"kvm", "netdev", "sudo", "tss", "plugdev"} <= {
