@@ -366,13 +366,15 @@ def source_templates(metadata_tar: Path) -> tuple[dict[str, Template], dict[str,
 def build(rootfs: Path, out_dir: Path, opts: Options, *, creation_date: int,
           work: Path, source_metadata: Path | None = None) -> dict[str, str]:
     """The LXC stage: write the image files into `out_dir`; returns names and fingerprint.
-    `source_metadata`: the image source's own LXD metadata tar, whose templates are added
-    (and win over ours for the same target)."""
+    `source_metadata`: the image source's own LXD metadata tar (a NixOS configuration's),
+    whose templates replace our /etc/hosts one and win over ours for the same target."""
     entries = _entries(rootfs)
     require_init(entries)
     md = metadata(opts, os_release(rootfs, entries), creation_date)
     files = dict(TEMPLATE_FILES)
     if source_metadata is not None:
+        # NixOS owns /etc/hosts (a link into the store, which a template cannot write)
+        del md.templates["/etc/hosts"], files["hosts.tpl"]
         templates, extra = source_templates(source_metadata)
         md.templates.update(templates)
         files.update(extra)

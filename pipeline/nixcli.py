@@ -202,7 +202,11 @@ def _build_error(log: _BuildLog, drv_paths: list[str]) -> NixError:
         tail = "\n".join(f"  | {ln}" for ln in log.lines.get(drv, [])) or "  | (no output)"
         return NixError(f"building {drv} failed; its last log lines:\n{tail}",
                         hint=f"`nix log {drv}` shows the whole log")
-    why = trim_error("\n".join(log.errors + log.other))
-    return NixError(f"nix build of {' '.join(drv_paths)} failed:\n{why}",
-                    hint="check the Nix settings (substituters, sandbox, build users) with "
-                         "`nix show-config`")
+    text = "\n".join(log.errors + log.other)
+    hint = "check the Nix settings (substituters, sandbox, build users) with `nix show-config`"
+    if "build-users-group" in text:
+        hint = ("Nix is set to build as users of a group that does not exist: install "
+                "Debian's nix-setup-systemd (it creates them and runs nix-daemon), or, "
+                "building as root, set `build-users-group =` in /etc/nix/nix.conf")
+    return NixError(f"nix build of {' '.join(drv_paths)} failed:\n{trim_error(text)}",
+                    hint=hint)

@@ -8,6 +8,7 @@ Tasks (see `doit list`):
     lxc:<image>           one image's Crostini container
     verify:<image>        boot one image
     appliance             the VM helper's kernel + initramfs
+    check:nix             the nix/ flake parses and passes `nix flake check`
     bench                 the benchmarks in tests/bench/
 
 Up-to-date checks are store lookups (doit's `uptodate` hook), never doit's md5 of multi-GB
@@ -22,17 +23,19 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from doit.exceptions import TaskFailed
 
-from . import build, gc
+from . import build, gc, nixcheck
 from .build import Context
 from .config import Config, Image
 from .errors import PipelineError
 from .store import StageInputs, explain_miss
 
 T = TypeVar("T")
+NIX_FLAKE = Path(__file__).resolve().parent.parent / "nix"
 
 
 def _action(fn: Callable[[], object]) -> Callable[[], TaskFailed | None]:
@@ -205,6 +208,16 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
             "verbosity": 2,
         }
 
+    def task_check() -> Iterator[dict[str, Any]]:
+        yield {
+            "name": "nix",
+            "doc": "parse every .nix file in nix/, then `nix flake check` it (needs network "
+                   "for nixpkgs; says so where there is none)",
+            "actions": [_action(lambda: nixcheck.check(NIX_FLAKE))],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
     def task_bench() -> dict[str, Any]:
         return {
             "actions": [[sys.executable, "-m", "tests.bench"]],
@@ -216,6 +229,7 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
         "appliance": "the VM helper's appliance (host kernel + small initramfs)",
         "build": "build:baguette / build:lxc build the default images (Baguette / Crostini)",
         "bench": "benchmarks (tests/bench/): ratios against baselines measured in one run",
+        "check": "check:nix checks the nix/ flake (parse, then `nix flake check`)",
         "gc": "free store entries the config does not need (keeps the newest --keep N)",
         "base": "base:<image>: the base rootfs tarball from the image's source",
         "rootfs": "rootfs:<image>: the customized, normalised rootfs tarball",
@@ -225,7 +239,8 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
         "lxc": "lxc:<image>: one image's Crostini container (metadata + rootfs tarballs)",
     }
     out: dict[str, Callable[[], Any]] = {
-        "appliance": task_appliance, "build": task_build, "bench": task_bench, "gc": task_gc}
+        "appliance": task_appliance, "build": task_build, "bench": task_bench, "gc": task_gc,
+        "check": task_check}
     for stage in ("base", "rootfs", "pack", "baguette", "lxc", "verify"):
         out[stage] = per_image(stage)
     for name, fn in out.items():

@@ -15,7 +15,7 @@ from pipeline import config, nixcli
 from pipeline.build import Context, base, rootfs
 from pipeline.errors import ConfigError, PipelineError, ToolError
 from pipeline.sources import nix as nix_source
-from tests.nixflake import nix_env, write_flake  # noqa: F401 (fixture)
+from tests.nixflake import NIX_TEST_CONFIG, nix_env, write_flake  # noqa: F401 (fixture)
 
 
 def images_toml(tmp_path: Path, extra: str = "") -> Path:
@@ -209,3 +209,16 @@ def test_build_failure_names_the_derivation_and_its_log(
     assert "| error: the test asked this build to fail" in text
     assert "hint: `nix log /nix/store/" in text
     assert not list((tmp_path / "artifacts").glob("store/base/*"))
+
+
+def test_missing_build_users_are_explained(tmp_path: Path, nix_env: None,  # noqa: F811
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's nix-bin alone, run as root, expects a `nixbld` group nobody created."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_TEST_CONFIG.replace(
+        "build-users-group =", "build-users-group = no-such-group-here"))
+    write_flake(tmp_path / "flake", motd=f"{tmp_path}\n")  # not built before
+    ctx = context(tmp_path)
+    with pytest.raises(PipelineError) as e:
+        base(ctx, ctx.config.image("nixtest"))
+    text = str(e.value)
+    assert "no-such-group-here" in text and "nix-setup-systemd" in text
