@@ -64,7 +64,7 @@ def enrich(tarball: Path) -> None:
 
 
 def write_project(tmp_path: Path, extra: str = "", description: str = "busybox test image",
-                  rich: bool = True) -> Path:
+                  rich: bool = True, lxc: str = "") -> Path:
     if not (tmp_path / "rootfs.tar").exists():
         busybox_rootfs(tmp_path / "rootfs.tar")
         if rich:
@@ -80,6 +80,8 @@ dotfiles = ""
 description = "{description}"
 [images.tiny.tarball]
 path = "rootfs.tar"
+[images.tiny.lxc]
+{lxc}
 """)
     return tmp_path / "images.toml"
 
