@@ -19,10 +19,13 @@ the index against the files, and the fingerprints LXD will compute.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,9 +228,11 @@ def publish(ctx: Context, now: datetime.datetime | None = None) -> Published:
     root.mkdir(parents=True, exist_ok=True)
     newest: dict[str, str] = {}
     new: list[str] = []
-    with step(f"Publishing {', '.join(i.name for i, _ in todo)} into {root}"):
+    with step(f"Publishing {', '.join(i.name for i, _ in todo)} into {root}"), \
+            _lock(ctx.cache_dir / "publish.lock"):
         for image, files in todo:
             image_dir = root / IMAGES_DIR / image.name / image.arch
+            _remove_leftovers(image_dir)
             hashes = {name: (ctx.memo.sha256(src), src.stat().st_size)
                       for name, src in files.items()}
             existing = _versions(image_dir)
@@ -251,6 +256,25 @@ def publish(ctx: Context, now: datetime.datetime | None = None) -> Published:
         ctx.memo.save()
         removed = _write_index(ctx, root, opts.keep)
     return Published(root, newest, new, removed)
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """One publish at a time (a second one waits)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(image_dir: Path) -> None:
+    """Temporary version directories a killed publish left (dot names: in no index)."""
+    for p in image_dir.glob(".*") if image_dir.is_dir() else []:
+        if p.is_dir() and (p.name.endswith(".tmp") or p.name.endswith(".old")):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _write_index(ctx: Context, root: Path, keep: int) -> list[str]:

@@ -202,6 +202,16 @@ def test_a_failed_publish_leaves_no_half_version(tmp_path: Path,
     assert (root / "streams/v1/images.json").read_bytes() == index
     publish.verify(root)
 
+    # a publish killed outright leaves its temporary directory; the next one removes it
+    leftover = root / "images" / "tiny" / "x86_64" / ".20261124_0801.x1y2.tmp"
+    leftover.mkdir()
+    (leftover / "rootfs.tar.xz").write_bytes(b"half")
+    publish.verify(root)  # dot names are in no index and no SHA256SUMS
+    monkeypatch.undo()
+    publish.publish(ctx2, T0 + datetime.timedelta(minutes=1))
+    assert sorted(os.listdir(root / "images" / "tiny" / "x86_64")) == ["20261124_0800",
+                                                                "20261124_0801"]
+
 
 def test_verify_names_a_tampered_file(tmp_path: Path) -> None:
     publish.publish(built(write_project(tmp_path)), T0)
