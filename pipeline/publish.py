@@ -62,7 +62,9 @@ def version_name(when: datetime.datetime) -> str:
 
 
 def _entry_if_built(ctx: Context, image: Image, stage: str) -> Path | None:
-    inputs = getattr(ctx, f"{stage}_inputs")
+    """The store entry of `stage` for the image as configured now, if it is built."""
+    inputs = {"base": ctx.base_inputs, "rootfs": ctx.rootfs_inputs, "pack": ctx.pack_inputs,
+              "baguette": ctx.baguette_inputs, "lxc": ctx.lxc_inputs}[stage]
     try:
         si = inputs(image)
     except PipelineError:  # e.g. no kernel for the VM helper: nothing was packed here
