@@ -209,8 +209,8 @@ def _products(root: Path, version_dirs: list[Path]) -> list[ss.Product]:
         version = ss.Version(doc["version"], ss.lxc_items(rel, files, lxc["fingerprint"]))
         if name not in products:
             products[name] = ss.Product(
-                name, (doc["image"],), arch, lxc["os"], lxc["release"],
-                doc.get("description") or f"{lxc['os']} {lxc['release']}", lxc["variant"], {})
+                name, (doc["image"],), arch, lxc["os"], lxc["release"], lxc["release"],
+                lxc["variant"], {})
         products[name].versions[version.name] = version
     return list(products.values())
 
@@ -222,6 +222,9 @@ def publish(ctx: Context, now: datetime.datetime | None = None) -> Published:
     version = version_name(now or datetime.datetime.now(datetime.UTC))
     todo = [(image, built_files(ctx, image))
             for image in (ctx.config.image(n) for n in opts.images)]
+    for image, files in todo:
+        if not files:
+            info(f"{image.name}: nothing built for the current config, not published")
     todo = [(image, files) for image, files in todo if files]
     if not todo:
         raise PipelineError(
