@@ -9,7 +9,9 @@
 
 Each stage's key is computed from its inputs before anything runs (`*_inputs`), so an
 up-to-date check is a lookup in the store. `run_stage` builds a missing entry under a lock,
-logs why it was missing, and records the inputs for the next explanation.
+logs why it was missing, and records the inputs for the next explanation. Each entry also
+holds `build.json`: when it was built, how long it took and what the stage reports about how
+(the pack stage: the accelerator and why), for publish's manifest.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import appliance as appliance_mod
 from . import compress, customize, delta, lxc, pack, validate
@@ -36,6 +39,7 @@ from .store import StageInputs, Store, explain_miss, publish, record_build
 from .vm import memory_mib
 
 IMAGE_NAME = "baguette_rootfs.img.zst"
+BUILD_FILE = "build.json"  # in each store entry: built_at, seconds, and the stage's facts
 
 
 def source_date_epoch(env: dict[str, str] | os._Environ[str] = os.environ) -> int | None:
@@ -181,8 +185,11 @@ class Context:
 
 
 def run_stage(ctx: Context, image: Image, si: StageInputs, title: str,
-              build: Callable[[Path], None]) -> Path:
-    """Build the store entry for `si` unless present; returns its directory."""
+              build: Callable[[Path], dict[str, Any] | None]) -> Path:
+    """Build the store entry for `si` unless present; returns its directory.
+
+    `build` fills the temporary entry and may return facts about how it built it (JSON-able),
+    kept with the duration in the entry's build.json."""
     entry = ctx.store.path(si)
     record = ctx.record(image, si.stage)
     if ctx.store.has(si):
@@ -195,7 +202,11 @@ def run_stage(ctx: Context, image: Image, si: StageInputs, title: str,
             return entry
         with step(f"{title} [{image.name}] ({explain_miss(record, si)})"), \
                 ctx.store.new_entry(si) as tmp:
-            build(tmp)
+            started = time.monotonic()
+            facts = build(tmp) or {}
+            atomic_write_bytes(tmp / BUILD_FILE, json.dumps(
+                {"built_at": int(time.time()), "seconds": round(time.monotonic() - started, 3),
+                 **facts}, indent=1, sort_keys=True).encode())
     record_build(record, si)
     ctx.memo.save()
     return entry
@@ -242,7 +253,7 @@ def _delta_base(ctx: Context, image: Image) -> tuple[Path, Path] | None:
 
 
 def raw_image(ctx: Context, image: Image) -> Path:
-    def build(d: Path) -> None:
+    def build(d: Path) -> dict[str, Any]:
         app = ctx.appliance()
         accel = choose(ctx.config.build.accel, app, ctx.cache_dir)
         b = image.baguette
@@ -267,6 +278,8 @@ def raw_image(ctx: Context, image: Image) -> Path:
                       **args)  # type: ignore[arg-type]
         with step("Checking the filesystem"):
             validate.check_raw(d / "disk.img")
+        return {"accel": accel.accel.value, "accel_reason": accel.reason,
+                "delta": changes is not None}
 
     run_stage(ctx, image, ctx.pack_inputs(image), "Packing the btrfs image", build)
     return ctx.raw_image(image)
@@ -300,6 +313,15 @@ def _same_file(ctx: Context, src: Path, dst: Path) -> bool:
 def is_published(ctx: Context, image: Image) -> bool:
     """The per-image name points at the current store entry (same file, or same bytes)."""
     return _same_file(ctx, ctx.baguette_image(image), ctx.published_image(image))
+
+
+def build_facts(entry: Path) -> dict[str, Any]:
+    """The build.json of a store entry ({} for an entry built before it was recorded)."""
+    try:
+        facts = json.loads((entry / BUILD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
 
 
 def lxc_files(ctx: Context, image: Image) -> list[str]:

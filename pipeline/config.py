@@ -139,8 +139,22 @@ LXC_SETTINGS = (
     Setting("expiry_days", "int", 0, "Days until LXD's `expiry_date`; 0 for none."),
 )
 
+PUBLISH_SETTINGS = (
+    Setting("dir", "path", "",
+            "Where `doit publish` lays out the tree to serve; default: `<artifacts>/publish`."),
+    Setting("keep", "int", 3,
+            "Versions of each image kept in the published tree (the newest; at least 2, so a "
+            "remote always has a previous one)."),
+    Setting("images", "list", None,
+            "Images `doit publish` publishes; default: `build.default_images`."),
+    Setting("base_url", "str", "",
+            "The HTTPS address the tree is served at, used in the printed `lxc remote add` "
+            "line; default: a placeholder."),
+)
+
 SECTIONS: dict[str, tuple[Setting, ...]] = {
     "build": BUILD_SETTINGS,
+    "publish": PUBLISH_SETTINGS,
     "images.<name>": IMAGE_SETTINGS,
     "images.<name>.debian": DEBIAN_SETTINGS,
     "images.<name>.tarball": TARBALL_SETTINGS,
@@ -224,10 +238,19 @@ class BuildOptions:
 
 
 @dataclass(frozen=True)
+class PublishOptions:
+    dir: Path
+    keep: int
+    images: tuple[str, ...]
+    base_url: str
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     build: BuildOptions
     images: dict[str, Image]
+    publish: PublishOptions
 
     def image(self, name: str) -> Image:
         try:
@@ -449,10 +472,10 @@ def parse(text: str, path: Path) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}",
                           hint="check quoting and brackets near that line") from None
     for key in data:
-        if key not in ("build", "images"):
+        if key not in ("build", "images", "publish"):
             raise ConfigError(f"{key}: unknown top-level table",
-                              hint=f"{_close_match(key, ['build', 'images'])}"
-                              "images.toml holds [build] and [images.<name>] tables")
+                              hint=f"{_close_match(key, ['build', 'images', 'publish'])}"
+                              "images.toml holds [build], [publish] and [images.<name>] tables")
     b = _section("build", data.get("build", {}), BUILD_SETTINGS, base)
     images_table = data.get("images", {})
     if not isinstance(images_table, dict) or not images_table:
@@ -472,7 +495,22 @@ def parse(text: str, path: Path) -> Config:
         kernel=b["kernel"],
         artifacts=b["artifacts"],
     )
-    return Config(path=path, build=build, images=images)
+    return Config(path=path, build=build, images=images,
+                  publish=_publish(data.get("publish", {}), base, build, list(images)))
+
+
+def _publish(table: Any, base: Path, build: BuildOptions, known: list[str]) -> PublishOptions:
+    p = _section("publish", table, PUBLISH_SETTINGS, base)
+    if p["keep"] < 2:
+        raise ConfigError(f"publish.keep: {p['keep']} is too few",
+                          hint="keep at least 2 versions, so a remote always has a previous one")
+    names = p["images"] if p["images"] is not None else build.default_images
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"publish.images: no image named {name!r}",
+                              hint=f"known images: {', '.join(known)}")
+    return PublishOptions(dir=p["dir"] or build.artifacts / "publish", keep=p["keep"],
+                          images=tuple(names), base_url=p["base_url"].rstrip("/"))
 
 
 def load(path: Path) -> Config:

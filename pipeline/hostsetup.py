@@ -27,7 +27,8 @@ PACKAGES = [
     "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
     "xz-utils", "squashfs-tools-ng",
 ]  # uidmap: mmdebstrap's unshare mode, used when the build does not run as root
-TEST_PACKAGES = ["lxd", "lxd-client"]  # the Crostini tests import into a real LXD
+# the Crostini tests import into a real LXD; the publish test serves it over HTTPS (openssl)
+TEST_PACKAGES = ["lxd", "lxd-client", "openssl"]
 
 
 def nix_packages() -> list[str]:

@@ -7,6 +7,8 @@ Tasks (see `doit list`):
     baguette:<image>      one image, by name (base:, rootfs:, pack: are its stages)
     lxc:<image>           one image's Crostini container
     verify:<image>        boot one image
+    publish               lay out what is built as a static image server (publish.py)
+    publish --verify      re-read a published tree and check every hash and the index
     appliance             the VM helper's kernel + initramfs
     check:nix             the nix/ flake parses and passes `nix flake check`
     bench                 the benchmarks in tests/bench/
@@ -29,6 +31,7 @@ from typing import Any, TypeVar
 from doit.exceptions import TaskFailed
 
 from . import build, gc, nixcheck
+from . import publish as publish_mod
 from .build import Context
 from .config import Config, Image
 from .errors import PipelineError
@@ -218,6 +221,27 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
             "verbosity": 2,
         }
 
+    def publish(verify: bool) -> TaskFailed | None:
+        def run() -> None:
+            if verify:
+                publish_mod.verify(config.publish.dir)
+                return
+            done = publish_mod.publish(ctx)
+            print(f"\npublished: {done.root} "
+                  f"({', '.join(f'{i} {v}' for i, v in sorted(done.versions.items()))})\n"
+                  f"{publish_mod.remote_instructions(config.publish.base_url, done)}\n")
+        return _action(run)()
+
+    def task_publish() -> dict[str, Any]:
+        return {
+            "actions": [publish],
+            "params": [{"name": "verify", "long": "verify", "type": bool, "default": False,
+                        "help": "only re-read the published tree and check every hash and "
+                                "the index (publishes nothing)"}],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
     def task_bench() -> dict[str, Any]:
         return {
             "actions": [[sys.executable, "-m", "tests.bench"]],
@@ -231,6 +255,7 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
         "bench": "benchmarks (tests/bench/): ratios against baselines measured in one run",
         "check": "check:nix checks the nix/ flake (parse, then `nix flake check`)",
         "gc": "free store entries the config does not need (keeps the newest --keep N)",
+        "publish": "lay out what is built as a static image server (--verify: check one)",
         "base": "base:<image>: the base rootfs tarball from the image's source",
         "rootfs": "rootfs:<image>: the customized, normalised rootfs tarball",
         "pack": "pack:<image>: the raw btrfs image, packed through the VM helper",
@@ -240,7 +265,7 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
     }
     out: dict[str, Callable[[], Any]] = {
         "appliance": task_appliance, "build": task_build, "bench": task_bench, "gc": task_gc,
-        "check": task_check}
+        "check": task_check, "publish": task_publish}
     for stage in ("base", "rootfs", "pack", "baguette", "lxc", "verify"):
         out[stage] = per_image(stage)
     for name, fn in out.items():

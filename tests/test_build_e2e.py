@@ -4,6 +4,7 @@ reruns, why-it-ran lines, one-image builds, and failures reported without a trac
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -80,6 +81,22 @@ def test_build_then_nothing_then_only_what_changed(project: Path) -> None:
 
     again = doit(project, "build:baguette")
     assert ran(again) == set(), again.stdout
+
+    # what the build recorded reaches the published manifest: accelerator, times, sizes
+    doit(project, "publish")
+    (manifest,) = (project / "artifacts" / "publish").glob("images/first/x86_64/*/manifest.json")
+    m = json.loads(manifest.read_text())
+    assert m["accel"] == "tcg" and "tcg" in m["stages"]["pack"]["accel_reason"]
+    assert set(m["stages"]) == {"base", "rootfs", "pack", "baguette"}
+    assert all(s["seconds"] > 0 for s in m["stages"].values())
+    raw = (project / "artifacts" / "store" / "pack" / m["stages"]["pack"]["key"] / "disk.img")
+    assert m["sizes"]["baguette"] == {"compressed": out.stat().st_size,
+                                      "uncompressed": raw.stat().st_size,
+                                      "allocated": raw.stat().st_blocks * 512}
+    assert m["setuid"] == ["/usr/bin/su"] and m["setgid"] == ["/usr/bin/wall"]
+    assert m["capabilities"] == {"/usr/bin/ping": "cap_net_raw+ep"}
+    assert m["files"]["baguette_rootfs.img.zst"]["sha256"] == digest
+    doit(project, "publish", "--verify")
 
     (project / "dotfiles" / ".bashrc").write_text("alias ll='ls -la'\n")
     info = doit(project, "info", "rootfs:first", check=False).stdout  # exit 1: would run
