@@ -9,7 +9,9 @@
 
 Each stage's key is computed from its inputs before anything runs (`*_inputs`), so an
 up-to-date check is a lookup in the store. `run_stage` builds a missing entry under a lock,
-logs why it was missing, and records the inputs for the next explanation.
+logs why it was missing, and records the inputs for the next explanation. Each entry also
+holds `build.json`: when it was built, how long it took and what the stage reports about how
+(the pack stage: the accelerator and why), for publish's manifest.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import appliance as appliance_mod
 from . import compress, customize, delta, lxc, pack, validate
@@ -32,12 +35,14 @@ from .fsutil import atomic_write_bytes, remove_stale_work
 from .hashing import FileHashMemo, sha256_file
 from .log import info, step, warn
 from .run import require_version
+from .sources import nix as nix_source
 from .sources import source_for
 from .store import StageInputs, Store, explain_miss, publish, record_build
 from .store import verify as verify_entry
 from .vm import memory_mib
 
 IMAGE_NAME = "baguette_rootfs.img.zst"
+BUILD_FILE = "build.json"  # in each store entry: built_at, seconds, and the stage's facts
 
 
 def source_date_epoch(env: dict[str, str] | os._Environ[str] = os.environ) -> int | None:
@@ -190,8 +195,11 @@ class Context:
 
 
 def run_stage(ctx: Context, image: Image, si: StageInputs, title: str,
-              build: Callable[[Path], None]) -> Path:
-    """Build the store entry for `si` unless present; returns its directory."""
+              build: Callable[[Path], dict[str, Any] | None]) -> Path:
+    """Build the store entry for `si` unless present; returns its directory.
+
+    `build` fills the temporary entry and may return facts about how it built it (JSON-able),
+    kept with the duration in the entry's build.json."""
     entry = ctx.store.path(si)
     record = ctx.record(image, si.stage)
     if ctx.store.has(si) and ctx.store.intact(si):
@@ -208,7 +216,11 @@ def run_stage(ctx: Context, image: Image, si: StageInputs, title: str,
         ctx.store.remove_stale(si)  # what a killed build of this key left
         with step(f"{title} [{image.name}] ({explain_miss(record, si)})"), \
                 ctx.store.new_entry(si) as tmp:
-            build(tmp)
+            started = time.monotonic()
+            facts = build(tmp) or {}
+            atomic_write_bytes(tmp / BUILD_FILE, json.dumps(
+                {"built_at": int(time.time()), "seconds": round(time.monotonic() - started, 3),
+                 **facts}, indent=1, sort_keys=True).encode())
     record_build(record, si)
     ctx.memo.save()
     return entry
@@ -220,7 +232,7 @@ def run_stage(ctx: Context, image: Image, si: StageInputs, title: str,
 def base(ctx: Context, image: Image) -> Path:
     src = source_for(image.source)
     run_stage(ctx, image, ctx.base_inputs(image), f"Base rootfs from {image.source.value}",
-              lambda d: src.build(image, d / "base.tar"))
+              lambda d: src.build(image, d / "base.tar", ctx.base_inputs(image)))
     return ctx.base_tarball(image)
 
 
@@ -261,7 +273,7 @@ def filesystem_uuid(key: str) -> str:
 
 
 def raw_image(ctx: Context, image: Image) -> Path:
-    def build(d: Path) -> None:
+    def build(d: Path) -> dict[str, Any]:
         for tool in ("mkfs.btrfs", "qemu-system-x86_64"):  # before the appliance copies them
             require_version(tool)
         app = ctx.appliance()
@@ -289,6 +301,8 @@ def raw_image(ctx: Context, image: Image) -> Path:
                       **args)  # type: ignore[arg-type]
         with step("Checking the filesystem"):
             validate.check_raw(d / "disk.img")
+        return {"accel": accel.accel.value, "accel_reason": accel.reason,
+                "delta": changes is not None}
 
     run_stage(ctx, image, ctx.pack_inputs(image), "Packing the btrfs image", build)
     return ctx.raw_image(image)
@@ -324,6 +338,15 @@ def is_published(ctx: Context, image: Image) -> bool:
     return _same_file(ctx, ctx.baguette_image(image), ctx.published_image(image))
 
 
+def build_facts(entry: Path) -> dict[str, Any]:
+    """The build.json of a store entry ({} for an entry built before it was recorded)."""
+    try:
+        facts = json.loads((entry / BUILD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
 def lxc_files(ctx: Context, image: Image) -> list[str]:
     entry = ctx.store.path(ctx.lxc_inputs(image))
     return (entry / "files").read_text().split()
@@ -345,7 +368,9 @@ def lxc_image(ctx: Context, image: Image) -> tuple[list[Path], str]:
         opts = lxc.Options(x.rootfs_format, x.unified, x.compression_level, image.description,
                            x.variant, x.release, x.expiry_days, image.arch)
         created = ctx.source_date_epoch or int(time.time())
-        result = lxc.build(rootfs_tar, d, opts, creation_date=created, work=d)
+        source_md = ctx.base_tarball(image).parent / nix_source.METADATA_TAR
+        result = lxc.build(rootfs_tar, d, opts, creation_date=created, work=d,
+                           source_metadata=source_md if source_md.is_file() else None)
         (d / "files").write_text(result["files"] + "\n")
         (d / "fingerprint").write_text(result["fingerprint"] + "\n")
         sizes = ", ".join(f"{f} {(d / f).stat().st_size / 2**20:.1f} MiB"

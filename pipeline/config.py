@@ -76,8 +76,9 @@ BUILD_SETTINGS = (
 )
 
 IMAGE_SETTINGS = (
-    Setting("source", "enum:debian,tarball", None,
-            "Where the base rootfs comes from: `debian` (mmdebstrap), `tarball` (a file)."),
+    Setting("source", "enum:debian,tarball,nix", None,
+            "Where the base rootfs comes from: `debian` (mmdebstrap), `tarball` (a file), "
+            "`nix` (a NixOS configuration in a flake)."),
     Setting("description", "str", "", "Free text shown in listings and metadata."),
     Setting("arch", "enum:x86_64", "x86_64", "Guest architecture."),
     Setting("hostname", "str", "", "The guest's /etc/hostname; default: the image name."),
@@ -105,6 +106,17 @@ TARBALL_SETTINGS = (
             "A rootfs tarball (tar, tar.gz, tar.xz or tar.zst; the format is sniffed)."),
 )
 
+NIX_SETTINGS = (
+    Setting("flake", "str", "nix",
+            "Flake reference: a directory (relative to images.toml; inside a git repository "
+            "only tracked files are seen) or a URI such as `github:me/cfg`."),
+    Setting("host", "str", "",
+            "Its `nixosConfigurations.<host>`; default: the image name."),
+)
+
+# Set by the NixOS configuration itself for `nix` images, so refused there.
+NIXOS_OWNED = ("hostname", "dotfiles", "user", "uid", "chromeos_integration")
+
 BAGUETTE_SETTINGS = (
     Setting("label", "str", "",
             "btrfs label; default `nixos-root` for Nix images, else `baguette-root`."),
@@ -127,11 +139,26 @@ LXC_SETTINGS = (
     Setting("expiry_days", "int", 0, "Days until LXD's `expiry_date`; 0 for none."),
 )
 
+PUBLISH_SETTINGS = (
+    Setting("dir", "path", "",
+            "Where `doit publish` lays out the tree to serve; default: `<artifacts>/publish`."),
+    Setting("keep", "int", 3,
+            "Versions of each image kept in the published tree (the newest; at least 2, so a "
+            "remote always has a previous one)."),
+    Setting("images", "list", None,
+            "Images `doit publish` publishes; default: `build.default_images`."),
+    Setting("base_url", "str", "",
+            "The HTTPS address the tree is served at, used in the printed `lxc remote add` "
+            "line; default: a placeholder."),
+)
+
 SECTIONS: dict[str, tuple[Setting, ...]] = {
     "build": BUILD_SETTINGS,
+    "publish": PUBLISH_SETTINGS,
     "images.<name>": IMAGE_SETTINGS,
     "images.<name>.debian": DEBIAN_SETTINGS,
     "images.<name>.tarball": TARBALL_SETTINGS,
+    "images.<name>.nix": NIX_SETTINGS,
     "images.<name>.baguette": BAGUETTE_SETTINGS,
     "images.<name>.lxc": LXC_SETTINGS,
 }
@@ -151,6 +178,16 @@ class DebianSource:
 @dataclass(frozen=True)
 class TarballSource:
     path: Path
+
+
+@dataclass(frozen=True)
+class NixSource:
+    flake: str  # a flake reference Nix understands (directories made absolute)
+    host: str
+
+    @property
+    def attribute(self) -> str:
+        return f"nixosConfigurations.{self.host}.config.system.build"
 
 
 @dataclass(frozen=True)
@@ -185,6 +222,7 @@ class Image:
     secrets_allow: tuple[str, ...]
     debian: DebianSource | None
     tarball: TarballSource | None
+    nix: NixSource | None
     baguette: BaguetteOptions
     lxc: LxcOptions
 
@@ -200,10 +238,19 @@ class BuildOptions:
 
 
 @dataclass(frozen=True)
+class PublishOptions:
+    dir: Path
+    keep: int
+    images: tuple[str, ...]
+    base_url: str
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     build: BuildOptions
     images: dict[str, Image]
+    publish: PublishOptions
 
     def image(self, name: str) -> Image:
         try:
@@ -311,10 +358,11 @@ def _image(name: str, table: Any, base: Path) -> Image:
     if not _NAME_RE.match(name):
         raise ConfigError(f"{where}: bad image name",
                           hint="use lowercase letters, digits and '-' (it names files and tasks)")
-    v = _section(where, table, IMAGE_SETTINGS, base, ("debian", "tarball", "baguette", "lxc"))
+    v = _section(where, table, IMAGE_SETTINGS, base,
+                 ("debian", "tarball", "nix", "baguette", "lxc"))
     kind = SourceKind(_required(where, v, "source", IMAGE_SETTINGS))
 
-    debian = tarball = None
+    debian = tarball = nix = None
     if kind is SourceKind.DEBIAN:
         d = _section(f"{where}.debian", table.get("debian", {}), DEBIAN_SETTINGS, base)
         debian = DebianSource(d["suite"], d["variant"], d["packages"], d["mirror"])
@@ -325,7 +373,9 @@ def _image(name: str, table: Any, base: Path) -> Image:
             raise ConfigError(f"{where}.tarball.path: {path} does not exist",
                               hint="give the path of a rootfs tarball, relative to images.toml")
         tarball = TarballSource(path)
-    for other in ("debian", "tarball"):
+    elif kind is SourceKind.NIX:
+        nix = _nix_source(name, table, base)
+    for other in ("debian", "tarball", "nix"):
         if other in table and other != kind.value:
             raise ConfigError(f"{where}.{other}: this table is for source = {other!r}, "
                               f"but the image's source is {kind.value!r}",
@@ -361,6 +411,8 @@ def _image(name: str, table: Any, base: Path) -> Image:
             raise ConfigError(f"{where}.dotfiles: {dotfiles} is not a directory",
                               hint="point it at a directory, or set dotfiles = \"\" for none")
         dotfiles = None
+    if kind is SourceKind.NIX:
+        dotfiles = None  # the flake reads the dotfiles itself (nix/modules/dotfiles.nix)
     if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", v["user"]):
         raise ConfigError(f"{where}.user: {v['user']!r} is not a valid user name",
                           hint="lowercase letters, digits, '_' and '-', starting with a letter")
@@ -375,13 +427,41 @@ def _image(name: str, table: Any, base: Path) -> Image:
         dotfiles=dotfiles,
         user=v["user"],
         uid=v["uid"],
-        chromeos_integration=v["chromeos_integration"],
+        chromeos_integration=v["chromeos_integration"] and kind is not SourceKind.NIX,
         secrets_allow=v["secrets_allow"],
         debian=debian,
         tarball=tarball,
+        nix=nix,
         baguette=BaguetteOptions(label, b["size"], b["slack"], b["compression_level"]),
         lxc=lxc,
     )
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+def _nix_source(name: str, table: dict[str, Any], base: Path) -> NixSource:
+    where = f"images.{name}"
+    for key in NIXOS_OWNED:
+        if key in table:
+            raise ConfigError(f"{where}.{key}: a `nix` image takes this from its NixOS "
+                              "configuration", hint=f"set it in the flake's host module and "
+                              f"remove `{key}` here (see nix/README.md)")
+    n = _section(f"{where}.nix", table.get("nix", {}), NIX_SETTINGS, base)
+    host = n["host"] or name
+    if not _HOST_RE.match(host):
+        raise ConfigError(f"{where}.nix.host: {host!r} is not a plain attribute name",
+                          hint="letters, digits, '_' and '-' (nixosConfigurations.<host>)")
+    flake = n["flake"]
+    if re.match(r"^[a-z][a-z0-9+.-]*:", flake) is None:  # a directory, not a URI
+        p = Path(flake).expanduser()
+        p = p if p.is_absolute() else (base / p)
+        if not (p / "flake.nix").is_file():
+            raise ConfigError(f"{where}.nix.flake: {p} holds no flake.nix",
+                              hint="point it at the directory of your flake, or use a URI "
+                              "such as github:owner/repo")
+        flake = str(p.resolve())
+    return NixSource(flake, host)
 
 
 def parse(text: str, path: Path) -> Config:
@@ -392,10 +472,10 @@ def parse(text: str, path: Path) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}",
                           hint="check quoting and brackets near that line") from None
     for key in data:
-        if key not in ("build", "images"):
+        if key not in ("build", "images", "publish"):
             raise ConfigError(f"{key}: unknown top-level table",
-                              hint=f"{_close_match(key, ['build', 'images'])}"
-                              "images.toml holds [build] and [images.<name>] tables")
+                              hint=f"{_close_match(key, ['build', 'images', 'publish'])}"
+                              "images.toml holds [build], [publish] and [images.<name>] tables")
     b = _section("build", data.get("build", {}), BUILD_SETTINGS, base)
     images_table = data.get("images", {})
     if not isinstance(images_table, dict) or not images_table:
@@ -415,7 +495,22 @@ def parse(text: str, path: Path) -> Config:
         kernel=b["kernel"],
         artifacts=b["artifacts"],
     )
-    return Config(path=path, build=build, images=images)
+    return Config(path=path, build=build, images=images,
+                  publish=_publish(data.get("publish", {}), base, build, list(images)))
+
+
+def _publish(table: Any, base: Path, build: BuildOptions, known: list[str]) -> PublishOptions:
+    p = _section("publish", table, PUBLISH_SETTINGS, base)
+    if p["keep"] < 2:
+        raise ConfigError(f"publish.keep: {p['keep']} is too few",
+                          hint="keep at least 2 versions, so a remote always has a previous one")
+    names = p["images"] if p["images"] is not None else build.default_images
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"publish.images: no image named {name!r}",
+                              hint=f"known images: {', '.join(known)}")
+    return PublishOptions(dir=p["dir"] or build.artifacts / "publish", keep=p["keep"],
+                          images=tuple(names), base_url=p["base_url"].rstrip("/"))
 
 
 def load(path: Path) -> Config:

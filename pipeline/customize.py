@@ -1,9 +1,10 @@
 """Customize: base rootfs tarball + the image's own files -> the normalised rootfs tarball.
 
-What it adds: the dotfiles tree in the user's home (owned by the user), the user itself in
-/etc/passwd, group, shadow and gshadow when absent, /etc/hostname and /etc/hosts for the
-image's hostname, and /etc/resolv.conf as a link to /run/resolv.conf (ChromeOS writes that
-file; a copy of the build host's resolver must not ship).
+What it adds to Debian and tarball images (a NixOS rootfs is only normalised and scanned):
+the dotfiles tree in the user's home (owned by the user), the user itself in /etc/passwd,
+group, shadow and gshadow when absent, /etc/hostname and /etc/hosts for the image's
+hostname, /etc/resolv.conf as a link to /run/resolv.conf (ChromeOS writes that file; a copy
+of the build host's resolver must not ship), and the ChromeOS guest integration.
 
 How it normalises: entries sorted by path (parents first), numeric owners only (no user or
 group names), mtimes whole seconds and clamped to SOURCE_DATE_EPOCH when it is set, pax
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import integration, secrets
-from .config import Image
+from .config import Image, SourceKind
 from .errors import ConfigError, PipelineError
 from .fsutil import atomic_path, work_tempdir
 from .hashing import FileHashMemo, tree_manifest
@@ -36,16 +37,23 @@ VERSION = 2
 
 def inputs(image: Image, base_key: str, source_date_epoch: int | None,
            memo: FileHashMemo | None = None) -> StageInputs:
+    overlay = not nixos(image)
     return StageInputs("rootfs", VERSION, {
         "base": base_key,
         "dotfiles": tree_manifest(image.dotfiles, memo) if image.dotfiles else {},
-        "user": image.user,
-        "uid": image.uid,
-        "hostname": image.hostname,
+        "user": image.user if overlay else None,
+        "uid": image.uid if overlay else None,
+        "hostname": image.hostname if overlay else None,
         "source_date_epoch": source_date_epoch,
         "chromeos_integration": integration.VERSION if image.chromeos_integration else None,
         "secrets_allow": sorted(image.secrets_allow),
     })
+
+
+def nixos(image: Image) -> bool:
+    """A NixOS rootfs gets no overlay: its configuration made the users, the hostname, the
+    dotfiles and the ChromeOS integration (nix/modules/), and activation owns /etc."""
+    return image.source is SourceKind.NIX
 
 
 @dataclass
@@ -337,7 +345,8 @@ def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
         mtime = source_date_epoch if source_date_epoch is not None else newest
         base_fd = os.open(plain, os.O_RDONLY)
         try:
-            _apply_overlay(entries, base_fd, image, mtime)
+            if not nixos(image):
+                _apply_overlay(entries, base_fd, image, mtime)
             ordered = _ordered(entries, mtime)
             with atomic_path(out) as tmp_out:
                 fd = os.open(tmp_out, os.O_WRONLY | os.O_TRUNC)

@@ -27,7 +27,15 @@ PACKAGES = [
     "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
     "xz-utils", "squashfs-tools-ng",
 ]  # uidmap: mmdebstrap's unshare mode, used when the build does not run as root
-TEST_PACKAGES = ["lxd", "lxd-client"]  # the Crostini tests import into a real LXD
+# the Crostini tests import into a real LXD; the publish test serves it over HTTPS (openssl)
+TEST_PACKAGES = ["lxd", "lxd-client", "openssl"]
+
+
+def nix_packages() -> list[str]:
+    """Debian's nix-bin for `source = "nix"` images, unless another Nix (the official
+    installer's, say) is already on PATH: that one is used, with its own settings."""
+    nix = shutil.which("nix")
+    return ["nix-bin"] if nix is None or nix == "/usr/bin/nix" else []
 
 
 def missing_packages(names: list[str]) -> list[str]:
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print("setup: this is not a Debian-based system; install the equivalents of "
               f"{' '.join(PACKAGES)} by hand", file=sys.stderr)
     else:
-        install_packages(PACKAGES + (TEST_PACKAGES if args.tests else []))
+        install_packages(PACKAGES + nix_packages() + (TEST_PACKAGES if args.tests else []))
     ensure_venv("test" if args.tests else "")
     return 0
 

@@ -334,18 +334,56 @@ def fingerprint(*files: Path) -> str:
     return h.hexdigest()
 
 
+def source_templates(metadata_tar: Path) -> tuple[dict[str, Template], dict[str, str]]:
+    """Templates of a NixOS configuration's own LXD metadata (system.build.metadata):
+    metadata.yaml (NixOS writes it as JSON, which is YAML) and its templates/ files."""
+    yaml_text, files = "", {}
+    with open_plain(metadata_tar) as tf:
+        for m in members(tf, metadata_tar):
+            name = member_path(m.name)
+            if not m.isreg():
+                continue
+            f = tf.extractfile(m)
+            assert f is not None
+            text = f.read().decode(errors="replace")
+            if name == "metadata.yaml":
+                yaml_text = text
+            elif name.startswith("templates/") and name.count("/") == 1:
+                files[name.split("/", 1)[1]] = text
+    try:
+        doc = json.loads(yaml_text) if yaml_text else {}
+    except json.JSONDecodeError:
+        raise PipelineError(f"{metadata_tar}: metadata.yaml is not in the JSON form NixOS "
+                            "writes", hint="build system.build.metadata with NixOS's "
+                            "lxc-image-metadata module") from None
+    templates = {}
+    for target, t in (doc.get("templates") or {}).items():
+        templates[target] = Template(str(t.get("template", "")), tuple(t.get("when") or ()),
+                                     {k: str(v) for k, v in (t.get("properties") or {}).items()})
+    return templates, files
+
+
 def build(rootfs: Path, out_dir: Path, opts: Options, *, creation_date: int,
-          work: Path) -> dict[str, str]:
-    """The LXC stage: write the image files into `out_dir`; returns names and fingerprint."""
+          work: Path, source_metadata: Path | None = None) -> dict[str, str]:
+    """The LXC stage: write the image files into `out_dir`; returns names and fingerprint.
+    `source_metadata`: the image source's own LXD metadata tar (a NixOS configuration's),
+    whose templates replace our /etc/hosts one and win over ours for the same target."""
     entries = _entries(rootfs)
     require_init(entries)
     md = metadata(opts, os_release(rootfs, entries), creation_date)
+    files = dict(TEMPLATE_FILES)
+    if source_metadata is not None:
+        # NixOS owns /etc/hosts (a link into the store, which a template cannot write)
+        del md.templates["/etc/hosts"], files["hosts.tpl"]
+        templates, extra = source_templates(source_metadata)
+        md.templates.update(templates)
+        files.update(extra)
     if opts.unified:
         image = out_dir / "image.tar.xz"
-        write_unified(md, TEMPLATE_FILES, rootfs, image, opts.compression_level, work)
+        write_unified(md, files, rootfs, image, opts.compression_level, work)
         return {"files": image.name, "fingerprint": fingerprint(image)}
     meta = out_dir / "metadata.tar.xz"
-    write_metadata_tarball(md, TEMPLATE_FILES, meta, opts.compression_level)
+    write_metadata_tarball(md, files, meta, opts.compression_level)
     if opts.rootfs_format == "squashfs":
         root = out_dir / "rootfs.squashfs"
         write_rootfs_squashfs(rootfs, root, work)

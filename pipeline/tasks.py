@@ -8,7 +8,10 @@ Tasks (see `doit list`):
     lxc:<image>           one image's Crostini container
     verify:<image>        check one image's store entries (fsck), then boot it
     fsck                  check every store entry against its recorded hashes
+    publish               lay out what is built as a static image server (publish.py)
+    publish --verify      re-read a published tree and check every hash and the index
     appliance             the VM helper's kernel + initramfs
+    check:nix             the nix/ flake parses and passes `nix flake check`
     bench                 the benchmarks in tests/bench/
 
 Up-to-date checks are store lookups (doit's `uptodate` hook), never doit's md5 of multi-GB
@@ -23,17 +26,20 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from doit.exceptions import TaskFailed
 
-from . import build, fsck, gc
+from . import build, fsck, gc, nixcheck
+from . import publish as publish_mod
 from .build import Context
 from .config import Config, Image
 from .errors import PipelineError
 from .store import StageInputs, explain_miss
 
 T = TypeVar("T")
+NIX_FLAKE = Path(__file__).resolve().parent.parent / "nix"
 
 
 def _action(fn: Callable[[], object]) -> Callable[[], TaskFailed | None]:
@@ -218,6 +224,37 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
             "verbosity": 2,
         }
 
+    def task_check() -> Iterator[dict[str, Any]]:
+        yield {
+            "name": "nix",
+            "doc": "parse every .nix file in nix/, then `nix flake check` it (needs network "
+                   "for nixpkgs; says so where there is none)",
+            "actions": [_action(lambda: nixcheck.check(NIX_FLAKE))],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
+    def publish(verify: bool) -> TaskFailed | None:
+        def run() -> None:
+            if verify:
+                publish_mod.verify(config.publish.dir)
+                return
+            done = publish_mod.publish(ctx)
+            print(f"\npublished: {done.root} "
+                  f"({', '.join(f'{i} {v}' for i, v in sorted(done.versions.items()))})\n"
+                  f"{publish_mod.remote_instructions(config.publish.base_url, done)}\n")
+        return _action(run)()
+
+    def task_publish() -> dict[str, Any]:
+        return {
+            "actions": [publish],
+            "params": [{"name": "verify", "long": "verify", "type": bool, "default": False,
+                        "help": "only re-read the published tree and check every hash and "
+                                "the index (publishes nothing)"}],
+            "uptodate": [False],
+            "verbosity": 2,
+        }
+
     def task_bench() -> dict[str, Any]:
         return {
             "actions": [[sys.executable, "-m", "tests.bench"]],
@@ -229,8 +266,10 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
         "appliance": "the VM helper's appliance (host kernel + small initramfs)",
         "build": "build:baguette / build:lxc build the default images (Baguette / Crostini)",
         "bench": "benchmarks (tests/bench/): ratios against baselines measured in one run",
+        "check": "check:nix checks the nix/ flake (parse, then `nix flake check`)",
         "gc": "free store entries the config does not need (keeps the newest --keep N)",
         "fsck": "check every store entry against the sizes and hashes recorded with it",
+        "publish": "lay out what is built as a static image server (--verify: check one)",
         "base": "base:<image>: the base rootfs tarball from the image's source",
         "rootfs": "rootfs:<image>: the customized, normalised rootfs tarball",
         "pack": "pack:<image>: the raw btrfs image, packed through the VM helper",
@@ -240,7 +279,7 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
     }
     out: dict[str, Callable[[], Any]] = {
         "appliance": task_appliance, "build": task_build, "bench": task_bench, "gc": task_gc,
-        "fsck": task_fsck}
+        "fsck": task_fsck, "check": task_check, "publish": task_publish}
     for stage in ("base", "rootfs", "pack", "baguette", "lxc", "verify"):
         out[stage] = per_image(stage)
     for name, fn in out.items():

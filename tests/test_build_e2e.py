@@ -4,6 +4,7 @@ reruns, why-it-ran lines, one-image builds, and failures reported without a trac
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -81,6 +82,22 @@ def test_build_then_nothing_then_only_what_changed(project: Path) -> None:
 
     again = doit(project, "build:baguette")
     assert ran(again) == set(), again.stdout
+
+    # what the build recorded reaches the published manifest: accelerator, times, sizes
+    doit(project, "publish")
+    (manifest,) = (project / "artifacts" / "publish").glob("images/first/x86_64/*/manifest.json")
+    m = json.loads(manifest.read_text())
+    assert m["accel"] == "tcg" and "tcg" in m["stages"]["pack"]["accel_reason"]
+    assert set(m["stages"]) == {"base", "rootfs", "pack", "baguette"}
+    assert all(s["seconds"] > 0 for s in m["stages"].values())
+    raw = (project / "artifacts" / "store" / "pack" / m["stages"]["pack"]["key"] / "disk.img")
+    assert m["sizes"]["baguette"] == {"compressed": out.stat().st_size,
+                                      "uncompressed": raw.stat().st_size,
+                                      "allocated": raw.stat().st_blocks * 512}
+    assert m["setuid"] == ["/usr/bin/su"] and m["setgid"] == ["/usr/bin/wall"]
+    assert m["capabilities"] == {"/usr/bin/ping": "cap_net_raw+ep"}
+    assert m["files"]["baguette_rootfs.img.zst"]["sha256"] == digest
+    doit(project, "publish", "--verify")
 
     (project / "dotfiles" / ".bashrc").write_text("alias ll='ls -la'\n")
     info = doit(project, "info", "rootfs:first", check=False).stdout  # exit 1: would run
@@ -173,7 +190,10 @@ def test_debian_default_image_boots(tmp_path: Path) -> None:
         resolv = tf.getmember("./etc/resolv.conf")
     for unit in ("vshd", "maitred", "cros-port-listener", "baguette-resize"):
         assert f"./etc/systemd/system/multi-user.target.wants/{unit}.service" in names
+    for unit in ("sommelier@0", "sommelier-x@0", "cros-garcon"):
+        assert f"./etc/systemd/user/default.target.wants/{unit}.service" in names
     assert "./etc/udev/rules.d/10-cros-virtwl.rules" in names
+    assert "./etc/profile.d/10-cros-guest-env.sh" in names
     assert "./usr/sbin/usermod" in names
     assert resolv.issym() and resolv.linkname == "../run/resolv.conf"
     assert {"kvm", "netdev", "sudo", "tss", "plugdev"} <= {

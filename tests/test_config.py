@@ -186,7 +186,8 @@ IMG = '[images.x]\nsource = "debian"\n'
     # unknown enum values
     ('[build]\naccel = "fast"\n' + IMG, "build.accel", "'fast' is not one of auto, kvm, tcg"),
     ('[images.x]\nsource = "gentoo"\n', "images.x.source", "'gentoo' is not one of"),
-    ('[images.x]\nsource = "nix"\n', "images.x.source", "'nix' is not one of"),
+    ('[images.x]\nsource = "nix"\n[images.x.nix]\nflake = "no-such-dir"\n',
+     "images.x.nix.flake", "holds no flake.nix"),
     (IMG + '[images.x.debian]\nvariant = "huge"\n', "images.x.debian.variant", "'huge'"),
     (IMG + 'arch = "arm64"\n', "images.x.arch", "'arm64'"),
     # sizes

@@ -444,6 +444,13 @@ def test_chromeos_integration_files(tmp_path: Path) -> None:
     assert wants.issym() and wants.linkname.endswith("cros\\x2dcontainers.mount")
     assert "./opt/google/cros-containers" in names
     assert "./etc/systemd/user/cros-notificationd.service" in names
+    for enabled, unit in (("sommelier@0.service", "sommelier@.service"),
+                          ("sommelier-x@0.service", "sommelier-x@.service"),
+                          ("cros-garcon.service", "cros-garcon.service")):
+        assert f"./etc/systemd/user/{unit}" in names
+        assert f"./etc/systemd/user/default.target.wants/{enabled}" in names
+    assert {"./etc/profile.d/10-cros-guest-env.sh", "./etc/sudoers.d/10-cros-nopasswd",
+            "./mnt/shared", "./mnt/stateful"} <= names
     assert "./etc/systemd/journald.conf.d/50-console.conf" in names
     assert rule == b'KERNEL=="wl*", MODE="0666"\n'
     groups = {line.split(":")[0]: line.split(":")[2] for line in group.splitlines()}

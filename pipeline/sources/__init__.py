@@ -2,8 +2,8 @@
 
 Each source module offers two plain functions:
     inputs(image, memo) -> StageInputs   what the base rootfs depends on (cheap, no build)
-    build(image, out)                     write the base rootfs tarball to `out`
-A new source (the Nix flake, for instance) is one new module registered in SOURCES.
+    build(image, out, si)                 write the base rootfs tarball to `out`
+A new source is one new module registered in SOURCES.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from types import ModuleType
 
 from ..config import SourceKind
 from ..errors import ConfigError
-from . import debian, tarball
+from . import debian, nix, tarball
 
 SOURCES: dict[SourceKind, ModuleType] = {
     SourceKind.DEBIAN: debian,
     SourceKind.TARBALL: tarball,
+    SourceKind.NIX: nix,
 }
 
 

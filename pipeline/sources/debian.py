@@ -78,7 +78,7 @@ def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
     })
 
 
-def build(image: Image, out: Path) -> None:
+def build(image: Image, out: Path, si: StageInputs | None = None) -> None:
     """mmdebstrap straight into a plain tar at `out` (written beside it, then renamed)."""
     d = image.debian
     assert d is not None

@@ -27,11 +27,14 @@ def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
     })
 
 
-def build(image: Image, out: Path) -> None:
-    """Decompress the tarball into `out` as a plain tar, refusing a corrupt one or one that
-    breaks the rootfs rules (tarballs.TreeRules: escaping names, writes through symlinks...)."""
+def build(image: Image, out: Path, si: StageInputs | None = None) -> None:
     assert image.tarball is not None
-    src = image.tarball.path
+    decompress(image.tarball.path, out)
+
+
+def decompress(src: Path, out: Path) -> None:
+    """Decompress `src` into `out` as a plain tar, refusing a corrupt one or one that breaks
+    the rootfs rules (tarballs.TreeRules: escaping names, writes through symlinks...)."""
     with atomic_path(out) as tmp:
         with open_stream(src) as stream, open(tmp, "wb") as dst:
             try:

@@ -1,0 +1,423 @@
+"""`doit publish`: what is built, as a tree any static HTTPS host can serve.
+
+    <publish.dir>/
+      SHA256SUMS                                   every other file of the tree
+      streams/v1/index.json, streams/v1/images.json  the simplestreams index LXD reads
+      images/<image>/<arch>/<YYYYMMDD_HHMM>/
+        baguette_rootfs.img.zst                    (when built)
+        metadata.tar.xz + rootfs.tar.xz | rootfs.squashfs | image.tar.xz   (when built)
+        manifest.json                              what went in, how it was built, what it holds
+        SHA256SUMS                                 this version's files
+
+A version holds the store's files (hard links where the filesystem allows). Publishing what is
+already the newest version adds nothing; otherwise a new version is written under a temporary
+name and renamed into place, the index files are rewritten atomically from the versions'
+manifests, and the oldest versions beyond `publish.keep` are removed last, so at every moment
+the index and SHA256SUMS name only files that exist. `verify` re-reads a tree: every hash,
+the index against the files, and the fingerprints LXD will compute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import rootfs_facts
+from . import simplestreams as ss
+from .build import IMAGE_NAME, Context, build_facts, lxc_files
+from .config import Image
+from .errors import PipelineError
+from .fsutil import atomic_dir, atomic_write_bytes, fsync_dir, link_or_copy
+from .hashing import sha256_file
+from .log import info, step
+from .lxc import fingerprint as lxc_fingerprint
+
+MANIFEST = "manifest.json"
+SUMS = "SHA256SUMS"
+IMAGES_DIR = "images"
+STAGES = ("base", "rootfs", "pack", "baguette", "lxc")
+
+
+@dataclass(frozen=True)
+class Published:
+    root: Path
+    versions: dict[str, str]  # image -> its newest version
+    new: list[str]  # images that got a new version in this run
+    removed: list[str]  # version directories pruned (relative paths)
+
+
+def version_name(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.UTC).strftime("%Y%m%d_%H%M")
+
+
+# --- what one image has built -------------------------------------------------------------
+
+
+def _entry_if_built(ctx: Context, image: Image, stage: str) -> Path | None:
+    """The store entry of `stage` for the image as configured now, if it is built."""
+    inputs = {"base": ctx.base_inputs, "rootfs": ctx.rootfs_inputs, "pack": ctx.pack_inputs,
+              "baguette": ctx.baguette_inputs, "lxc": ctx.lxc_inputs}[stage]
+    try:
+        si = inputs(image)
+    except PipelineError:  # e.g. no kernel for the VM helper: nothing was packed here
+        return None
+    return ctx.store.path(si) if ctx.store.has(si) else None
+
+
+def built_files(ctx: Context, image: Image) -> dict[str, Path]:
+    """The image's outputs in the store, by their published name ({} if none is built)."""
+    files: dict[str, Path] = {}
+    bag = _entry_if_built(ctx, image, "baguette")
+    if bag is not None:
+        files[IMAGE_NAME] = bag / IMAGE_NAME
+    lxc = _entry_if_built(ctx, image, "lxc")
+    if lxc is not None:
+        for name in lxc_files(ctx, image):
+            files[name] = lxc / name
+    return files
+
+
+def manifest(ctx: Context, image: Image, version: str,
+             files: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    """manifest.json of one version: source and key, every stage's key and build record,
+    sizes, accelerator, build time, packages, setuid/setgid files and capabilities."""
+    stages: dict[str, Any] = {}
+    for stage in STAGES:
+        entry = _entry_if_built(ctx, image, stage)
+        if entry is None:
+            continue
+        record = build_facts(entry)
+        stages[stage] = {"key": entry.name, **record}
+    base = ctx.base_inputs(image)
+    rootfs = ctx.rootfs_tarball(image)
+    if not rootfs.is_file():
+        raise PipelineError(f"{image.name}: the rootfs tarball is no longer in the store",
+                            hint=f"run `doit rootfs:{image.name}` again, then publish")
+    facts = rootfs_facts.read(rootfs)
+    sizes: dict[str, Any] = {name: size for name, (_digest, size) in sorted(files.items())}
+    raw = ctx.raw_image(image) if "pack" in stages else None
+    if raw is not None and raw.is_file() and IMAGE_NAME in files:
+        st = raw.stat()
+        sizes["baguette"] = {"compressed": files[IMAGE_NAME][1], "uncompressed": st.st_size,
+                             "allocated": st.st_blocks * 512}
+    durations = [s["seconds"] for s in stages.values() if isinstance(s.get("seconds"), float | int)]
+    lxc_entry = _entry_if_built(ctx, image, "lxc")
+    lxc: dict[str, Any] | None = None
+    if lxc_entry is not None:
+        release = image.lxc.release or facts.os_release.get("VERSION_CODENAME") \
+            or facts.os_release.get("VERSION_ID") or "current"
+        lxc = {"fingerprint": (lxc_entry / "fingerprint").read_text().strip(),
+               "files": lxc_files(ctx, image),
+               "os": facts.os_release.get("NAME") or facts.os_release.get("ID") or "Linux",
+               "release": release, "variant": image.lxc.variant}
+    return {
+        "image": image.name,
+        "version": version,
+        "arch": image.arch,
+        "description": image.description,
+        "source": {"kind": image.source.value, "key": base.key, **base.inputs},
+        "stages": stages,
+        "accel": stages.get("pack", {}).get("accel"),
+        "build_seconds": round(sum(durations), 3) if durations else None,
+        "files": {name: {"sha256": digest, "size": size}
+                  for name, (digest, size) in sorted(files.items())},
+        "sizes": sizes,
+        "lxc": lxc,
+        "os_release": facts.os_release,
+        "packages": facts.packages,
+        "setuid": facts.setuid,
+        "setgid": facts.setgid,
+        "capabilities": facts.capabilities,
+    }
+
+
+# --- laying out the tree ------------------------------------------------------------------
+
+
+def _versions(image_dir: Path) -> list[Path]:
+    """Complete version directories of one image/arch, oldest first."""
+    if not image_dir.is_dir():
+        return []
+    return sorted(p for p in image_dir.iterdir()
+                  if p.is_dir() and ss.VERSION_RE.match(p.name) and (p / MANIFEST).is_file())
+
+
+def _read_manifest(version_dir: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads((version_dir / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{version_dir / MANIFEST}: unreadable ({exc})",
+                            hint="remove that version directory and publish again") from None
+    if not isinstance(doc, dict):
+        raise PipelineError(f"{version_dir / MANIFEST}: not a JSON object",
+                            hint="remove that version directory and publish again")
+    return doc
+
+
+def _sums(lines: dict[str, str]) -> bytes:
+    return "".join(f"{digest}  {name}\n" for name, digest in sorted(lines.items())).encode()
+
+
+def _write_version(ctx: Context, image: Image, target: Path, version: str,
+                   files: dict[str, Path], hashes: dict[str, tuple[str, int]]) -> None:
+    with atomic_dir(target) as tmp:
+        for name, src in files.items():
+            link_or_copy(src, tmp / name)
+        doc = manifest(ctx, image, version, hashes)
+        (tmp / MANIFEST).write_bytes(ss.dumps(doc))
+        sums = {name: digest for name, (digest, _size) in hashes.items()}
+        sums[MANIFEST] = sha256_file(tmp / MANIFEST)
+        (tmp / SUMS).write_bytes(_sums(sums))
+
+
+def _tree_files(root: Path) -> list[str]:
+    """Every file of the tree, relative, sorted; temporary (dot) names and the top-level
+    SHA256SUMS left out."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            rel = Path(dirpath, name).relative_to(root).as_posix()
+            if rel != SUMS:
+                out.append(rel)
+    return sorted(out)
+
+
+def _products(root: Path, version_dirs: list[Path]) -> list[ss.Product]:
+    """The simplestreams products of the given versions (those with an LXC image)."""
+    products: dict[str, ss.Product] = {}
+    for vdir in version_dirs:
+        doc = _read_manifest(vdir)
+        lxc = doc.get("lxc")
+        if not lxc:
+            continue
+        files = {name: (f["sha256"], f["size"]) for name, f in doc["files"].items()
+                 if name in lxc["files"]}
+        rel = vdir.relative_to(root).as_posix()
+        arch = ss.LXD_ARCH.get(doc["arch"], doc["arch"])
+        name = ss.product_name(doc["image"], lxc["release"], arch, lxc["variant"])
+        version = ss.Version(doc["version"], ss.lxc_items(rel, files, lxc["fingerprint"]))
+        if name not in products:
+            products[name] = ss.Product(
+                name, (doc["image"],), arch, lxc["os"], lxc["release"], lxc["release"],
+                lxc["variant"], {})
+        products[name].versions[version.name] = version
+    return list(products.values())
+
+
+def publish(ctx: Context, now: datetime.datetime | None = None) -> Published:
+    """Publish the configured images' built outputs into `publish.dir`."""
+    opts = ctx.config.publish
+    root = opts.dir
+    version = version_name(now or datetime.datetime.now(datetime.UTC))
+    todo = [(image, built_files(ctx, image))
+            for image in (ctx.config.image(n) for n in opts.images)]
+    for image, files in todo:
+        if not files:
+            info(f"{image.name}: nothing built for the current config, not published")
+    todo = [(image, files) for image, files in todo if files]
+    if not todo:
+        raise PipelineError(
+            f"nothing is built to publish (images: {', '.join(opts.images)})",
+            hint="run `doit build:lxc` and/or `doit build:baguette` first, then `doit publish`")
+    root.mkdir(parents=True, exist_ok=True)
+    newest: dict[str, str] = {}
+    new: list[str] = []
+    with step(f"Publishing {', '.join(i.name for i, _ in todo)} into {root}"), \
+            _lock(ctx.cache_dir / "publish.lock"):
+        for image, files in todo:
+            image_dir = root / IMAGES_DIR / image.name / image.arch
+            _remove_leftovers(image_dir)
+            hashes = {name: (ctx.memo.sha256(src), src.stat().st_size)
+                      for name, src in files.items()}
+            existing = _versions(image_dir)
+            if existing:
+                last = _read_manifest(existing[-1])
+                same = {n: (f["sha256"], f["size"]) for n, f in last.get("files", {}).items()}
+                if same == hashes:
+                    info(f"{image.name}: {existing[-1].name} already holds these files")
+                    newest[image.name] = existing[-1].name
+                    continue
+            target = image_dir / version
+            if target.exists():  # published twice within a minute: the newer build wins
+                trash = target.with_name(f".{target.name}.old")
+                shutil.rmtree(trash, ignore_errors=True)
+                os.rename(target, trash)
+                shutil.rmtree(trash)
+            _write_version(ctx, image, target, version, files, hashes)
+            info(f"{image.name}: new version {version} ({', '.join(sorted(files))})")
+            newest[image.name] = version
+            new.append(image.name)
+        ctx.memo.save()
+        removed = _write_index(ctx, root, opts.keep)
+    return Published(root, newest, new, removed)
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """One publish at a time (a second one waits)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(image_dir: Path) -> None:
+    """Temporary version directories a killed publish left (dot names: in no index)."""
+    for p in image_dir.glob(".*") if image_dir.is_dir() else []:
+        if p.is_dir() and (p.name.endswith(".tmp") or p.name.endswith(".old")):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_index(ctx: Context, root: Path, keep: int) -> list[str]:
+    """Rewrite the index and SHA256SUMS over the newest `keep` versions of every image in
+    the tree, then remove the older ones."""
+    kept: list[Path] = []
+    dropped: list[Path] = []
+    images = root / IMAGES_DIR
+    for image_dir in sorted(images.glob("*/*")) if images.is_dir() else []:
+        versions = _versions(image_dir)
+        kept += versions[-keep:]
+        dropped += versions[:-keep]
+    products = _products(root, kept)
+    streams = root / "streams" / "v1"
+    streams.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(root / ss.IMAGES_PATH, ss.dumps(ss.images_json(products)))
+    atomic_write_bytes(root / ss.INDEX_PATH, ss.dumps(ss.index_json(products)))
+    dropped_rel = [d.relative_to(root).as_posix() for d in dropped]
+    listed = [rel for rel in _tree_files(root)
+              if not any(rel.startswith(d + "/") for d in dropped_rel)]
+    atomic_write_bytes(root / SUMS, _sums({rel: ctx.memo.sha256(root / rel) for rel in listed}))
+    ctx.memo.save()
+    for d in dropped:
+        trash = d.with_name(f".{d.name}.old")
+        os.rename(d, trash)
+        shutil.rmtree(trash)
+        info(f"removed {d.relative_to(root)} (publish.keep = {keep})")
+    if dropped:
+        fsync_dir(root)
+    return dropped_rel
+
+
+# --- verifying a published tree -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verified:
+    files: int
+    products: int
+    versions: int
+
+
+def _read_sums(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise PipelineError(f"{path}: malformed line {line!r}",
+                                hint="publish again to rewrite it")
+        out[name] = digest
+    return out
+
+
+def verify(root: Path) -> Verified:
+    """Re-read the published tree at `root`: every file against SHA256SUMS (the top-level
+    one and each version's), the index against the files (paths, sizes, hashes, LXD's
+    fingerprints) and the manifests. Every file is read in full (no hash memo: a tampered
+    file may keep its size and mtime). Raises a PipelineError naming every bad file."""
+    problems: list[str] = []
+    if not (root / SUMS).is_file():
+        raise PipelineError(f"{root} holds no {SUMS}: not a published tree",
+                            hint="run `doit publish` first (publish.dir says where)")
+    sums = _read_sums(root / SUMS)
+    actual: dict[str, str] = {}
+    with step(f"Verifying {root}"):
+        for rel in _tree_files(root):
+            actual[rel] = sha256_file(root / rel)
+            if rel not in sums:
+                problems.append(f"{rel}: not listed in {SUMS}")
+            elif sums[rel] != actual[rel]:
+                problems.append(f"{rel}: sha256 differs from {SUMS}")
+        problems += [f"{rel}: listed in {SUMS} but missing" for rel in sums if rel not in actual]
+        for rel in [r for r in actual if r.endswith("/" + SUMS)]:
+            base = rel[: -len(SUMS)]
+            for name, digest in _read_sums(root / rel).items():
+                got = actual.get(base + name)
+                if got is None:
+                    problems.append(f"{base + name}: listed in {rel} but missing")
+                elif got != digest:
+                    problems.append(f"{base + name}: sha256 differs from {rel}")
+        try:
+            index = json.loads((root / ss.INDEX_PATH).read_text())
+            images = json.loads((root / ss.IMAGES_PATH).read_text())
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"{root}: unreadable simplestreams index ({exc})",
+                                hint="publish again to rewrite it") from None
+        products = ss.read_products(index, images)
+        versions = 0
+        for product in products:
+            for version in product.versions.values():
+                versions += 1
+                problems += _check_version(root, product, version, actual)
+    if problems:
+        shown = "\n  ".join(problems[:30]) + ("\n  ..." if len(problems) > 30 else "")
+        raise PipelineError(
+            f"the published tree {root} failed verification ({len(problems)} problems):\n  "
+            f"{shown}",
+            hint="a file whose hash differs was changed after publishing: fetch or publish "
+                 "the tree again (`doit publish`)")
+    info(f"{len(actual)} files, {len(products)} products, {versions} versions: all hashes match")
+    return Verified(len(actual), len(products), versions)
+
+
+def _check_version(root: Path, product: ss.Product, version: ss.Version,
+                   actual: dict[str, str]) -> list[str]:
+    problems = []
+    where = f"{product.name} {version.name}"
+    for item in version.items.values():
+        path = root / item.path
+        if item.path not in actual:
+            problems.append(f"{item.path}: in {ss.IMAGES_PATH} ({where}) but missing")
+            continue
+        if path.stat().st_size != item.size:
+            problems.append(f"{item.path}: size differs from {ss.IMAGES_PATH}")
+        if actual[item.path] != item.sha256:
+            problems.append(f"{item.path}: sha256 differs from {ss.IMAGES_PATH}")
+    meta = version.items.get(ss.META)
+    roots = [i for i in version.items.values() if i.ftype in ss.COMBINED_KEYS]
+    if meta is not None and roots and all(i.path in actual for i in (meta, *roots)):
+        combined = lxc_fingerprint(root / meta.path, root / roots[0].path)
+        for key in ss.COMBINED_KEYS[roots[0].ftype]:
+            if meta.combined.get(key) != combined:
+                problems.append(f"{roots[0].path}: {key} in {ss.IMAGES_PATH} is not "
+                                "sha256(metadata ‖ rootfs)")
+    vdir = root / Path(next(iter(version.items.values())).path).parent
+    if not (vdir / MANIFEST).is_file():
+        problems.append(f"{vdir.relative_to(root)}/{MANIFEST}: missing")
+    else:
+        doc = _read_manifest(vdir)
+        if (doc.get("lxc") or {}).get("fingerprint") != version.fingerprint():
+            problems.append(f"{vdir.relative_to(root)}/{MANIFEST}: its LXD fingerprint "
+                            f"differs from {ss.IMAGES_PATH}")
+    return problems
+
+
+def remote_instructions(base_url: str, published: Published) -> str:
+    url = base_url or "https://HOST/PATH"
+    lines = [f"Serve {published.root} over HTTPS, then on the Chromebook (crosh: vsh termina):",
+             f"  lxc remote add NAME {url} --protocol simplestreams"]
+    lines += [f"  lxc launch NAME:{image} {image}-1" for image in sorted(published.versions)]
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""The CI workflow (.github/workflows/) passes actionlint, and actionlint here does catch a
+broken workflow (so a pass means something)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+
+
+def actionlint() -> str:
+    """The actionlint binary (the test extra installs it into the venv); skipped where it is
+    missing, a failure in CI (CI=true), where every tool is installed."""
+    found = shutil.which("actionlint") or shutil.which(
+        "actionlint", path=str(Path(sys.executable).parent))
+    if found is None:
+        reason = "actionlint is not installed (run `python3 -m pipeline.hostsetup --tests`)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+def lint(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([actionlint(), "-no-color", *map(str, paths)], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+
+
+def test_the_workflow_exists_and_runs_the_readme_commands() -> None:
+    assert [p.name for p in WORKFLOWS] == ["build.yml"]
+    text = WORKFLOWS[0].read_text()
+    assert "bash .ci/run" in text  # the README's test command, with CI=true
+    assert ".venv/bin/doit build:baguette build:lxc publish" in text
+    assert "doit publish --verify" in text
+    assert "startsWith(github.ref, 'refs/tags/v')" in text
+
+
+def test_actionlint_passes_on_the_workflows() -> None:
+    proc = lint(*WORKFLOWS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / ".github" / "workflows" / "broken.yml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(WORKFLOWS[0].read_text().replace("runs-on: ubuntu-latest",
+                                                       "runs_on: ubuntu-latest", 1)
+                      .replace("${{ matrix.arch }}", "${{ matrix.archh }}", 1))
+    proc = lint(broken)
+    assert proc.returncode != 0
+    assert "runs_on" in proc.stdout and "archh" in proc.stdout, proc.stdout
