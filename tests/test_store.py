@@ -622,7 +622,7 @@ def test_set_aside_and_stale_entries(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_stale_work_directories_of_dead_processes_go(tmp_path: Path) -> None:
-    dead = subprocessed_pid()
+    dead = reaped_pid()
     mine = fsutil.work_tempdir(tmp_path, "pack")
     (tmp_path / f"pack.{dead}.xyz").mkdir()
     (tmp_path / "pack.1.live").mkdir()  # pid 1 runs
@@ -632,7 +632,7 @@ def test_stale_work_directories_of_dead_processes_go(tmp_path: Path) -> None:
         [mine.name, "pack.1.live", "unrelated"])
 
 
-def subprocessed_pid() -> int:
+def reaped_pid() -> int:
     """The pid of a child that has exited and been reaped."""
     pid = os.fork()
     if pid == 0:
