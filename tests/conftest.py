@@ -129,6 +129,17 @@ def write_rich_rootfs(path: Path) -> Path:
     return path
 
 
+def add_sbin_init(tarball: Path) -> Path:
+    """Append an executable /sbin/init to a plain tar (LXD requires one)."""
+    with tarfile.open(tarball, "a", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, data in (("./sbin", tarfile.DIRTYPE, b""),
+                                 ("./sbin/init", tarfile.REGTYPE, b"#!/bin/sh\n")):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode, ti.mtime, ti.size = kind, 0o755, 1_600_000_000, len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return tarball
+
+
 @pytest.fixture
 def rich_rootfs(tmp_path: Path) -> Path:
     return write_rich_rootfs(tmp_path / "rootfs.tar")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import build, config, fsck
+from pipeline import build, config, fsck, lxc
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
 from pipeline.store import INPUTS_FILE, Store, verify
-from tests.conftest import require_vm, write_rich_rootfs
+from tests.conftest import add_sbin_init, require_vm, write_rich_rootfs
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 20261124
@@ -29,7 +29,7 @@ KILLS = 20
 
 def write_project(project: Path) -> None:
     (project / "dotfiles").mkdir(parents=True, exist_ok=True)
-    write_rich_rootfs(project / "rootfs.tar")
+    add_sbin_init(write_rich_rootfs(project / "rootfs.tar"))
     (project / "dotfiles" / ".bashrc").write_text("alias ll='ls -l'\n")
     (project / "images.toml").write_text(f"""
 [build]
@@ -52,7 +52,8 @@ def start(project: Path, log: Path, *targets: str) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "doit", "run", "-f", str(ROOT / "dodo.py"),
-             "--db-file", str(project / ".doit.db"), *(targets or ("build:baguette",))],
+             "--db-file", str(project / ".doit.db"),
+             *(targets or ("build:baguette", "build:lxc"))],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     finally:
         out.close()
@@ -152,6 +153,9 @@ def test_killed_at_random_moments_then_rerun(tmp_path: Path) -> None:
     published = artifacts / "first" / build.IMAGE_NAME
     recorded = (artifacts / "first" / f"{build.IMAGE_NAME}.sha256").read_text().split()[0]
     assert sha256_file(published) == recorded
+    out = artifacts / "first" / "lxc"
+    assert lxc.fingerprint(out / "metadata.tar.xz", out / "rootfs.tar.xz") == \
+        (out / "fingerprint").read_text().strip()
     assert not list((artifacts / "tmp").iterdir()), "killed builds' temporary files remain"
     assert not list((artifacts / "store").glob("*/.*.tmp")), "half-built entries remain"
     log = project / "fsck.log"

@@ -6,7 +6,6 @@ helper). The btrfs image bytes themselves differ: README, "Reproducibility", nam
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import subprocess
@@ -21,22 +20,11 @@ from pipeline.appliance import Appliance
 from pipeline.build import filesystem_uuid
 from pipeline.config import Accel
 from pipeline.inspect import inspect_image
-from tests.conftest import write_rich_rootfs
+from tests.conftest import add_sbin_init, write_rich_rootfs
 
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parent.parent
 SDE = "1700000000"
-
-
-def with_init(tarball: Path) -> Path:
-    """The rich rootfs plus an executable /sbin/init (LXD requires one)."""
-    with tarfile.open(tarball, "a", format=tarfile.PAX_FORMAT) as tf:
-        for name, kind, data in (("./sbin", tarfile.DIRTYPE, b""),
-                                 ("./sbin/init", tarfile.REGTYPE, b"#!/bin/sh\n")):
-            ti = tarfile.TarInfo(name)
-            ti.type, ti.mode, ti.mtime, ti.size = kind, 0o755, 1_600_000_000, len(data)
-            tf.addfile(ti, io.BytesIO(data))
-    return tarball
 
 
 def cold_build(project: Path, tarball: Path) -> Path:
@@ -93,7 +81,7 @@ def superblock_fsid(disk: Path) -> str:
 
 
 def test_two_cold_builds_are_identical(tmp_path: Path, appliance: Appliance) -> None:
-    tarball = with_init(write_rich_rootfs(tmp_path / "input.tar"))
+    tarball = add_sbin_init(write_rich_rootfs(tmp_path / "input.tar"))
     a = cold_build(tmp_path / "a", tarball)
     b = cold_build(tmp_path / "b", tarball)
 
