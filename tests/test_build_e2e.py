@@ -338,3 +338,26 @@ def test_full_disk_while_packing_or_compressing(project: Path, stage: str,
         doit(project, f"{stage}:first")
     finally:
         subprocess.run(["umount", str(artifacts)], check=True)
+
+
+def test_verify_checks_the_store_first(project: Path) -> None:
+    """`doit verify` hashes the image's store entries before booting: a rootfs tarball with
+    one byte changed (same size, so a reuse check would not see it) fails it, the damaged
+    entry is removed, and the next build makes it again."""
+    doit(project, "build:baguette")
+    (rootfs,) = (project / "artifacts" / "store" / "rootfs").glob("*/rootfs.tar")
+    with open(rootfs, "r+b") as f:
+        f.seek(700)
+        byte = f.read(1)
+        f.seek(700)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    proc = doit(project, "verify:first", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "rootfs.tar does not match its sha256" in out, out
+    assert "1 damaged store entries were removed: rootfs/" in out, out
+    assert "Booting" not in out, "the image was booted despite a damaged store"
+    assert not rootfs.exists()
+    again = doit(project, "build:baguette")
+    assert "rootfs:first" in ran(again)
+    assert rootfs.is_file() and verify_entry(rootfs.parent) == []
