@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -32,8 +33,8 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     the final name.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp",
-                                    dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.",
+                                    suffix=suffix + ".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would leak onto the artifact
@@ -94,6 +95,27 @@ def link_or_copy(src: Path, dst: Path) -> None:
             shutil.copyfile(src, tmp)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Remove the temporary files atomic_path left beside `target` in processes that no
+    longer run (`.<name>.<pid>.*.tmp`)."""
+    prefix = f".{target.name}."
+    for p in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = p.name[len(prefix):].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
 def work_tempdir(work_dir: Path, prefix: str) -> Path:
     """A new temporary directory in `work_dir` named `<prefix>.<pid>.*`, so that what a
     killed process left can be told from what a running one uses (remove_stale_work)."""
@@ -106,9 +128,5 @@ def remove_stale_work(work_dir: Path) -> None:
         parts = p.name.split(".")
         if len(parts) < 3 or not parts[1].isdigit() or int(parts[1]) == os.getpid():
             continue
-        try:
-            os.kill(int(parts[1]), 0)
-        except ProcessLookupError:
+        if not _pid_alive(int(parts[1])):
             shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:
-            pass  # another user's live process

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PipelineError
-from .fsutil import atomic_dir, atomic_write_bytes, link_or_copy
+from .fsutil import atomic_dir, atomic_write_bytes, link_or_copy, remove_stale_temps
 from .hashing import sha256_file, stage_key
 from .log import warn
 
@@ -253,5 +253,7 @@ def read_history(history: Path) -> list[str]:
 
 
 def publish(src: Path, dst: Path) -> None:
-    """Give a store file its stable per-image name."""
+    """Give a store file its stable per-image name (and drop what a killed publish left)."""
+    if dst.parent.is_dir():
+        remove_stale_temps(dst)
     link_or_copy(src, dst)

@@ -158,6 +158,7 @@ def test_killed_at_random_moments_then_rerun(tmp_path: Path) -> None:
         (out / "fingerprint").read_text().strip()
     assert not list((artifacts / "tmp").iterdir()), "killed builds' temporary files remain"
     assert not list((artifacts / "store").glob("*/.*.tmp")), "half-built entries remain"
+    assert not list((artifacts / "first").rglob(".*.tmp")), "half-published files remain"
     log = project / "fsck.log"
     assert start(project, log, "fsck").wait() == 0, log.read_text()[-3000:]
     assert f"{entries} entries intact" in log.read_text()

@@ -639,3 +639,20 @@ def reaped_pid() -> int:
         os._exit(0)
     os.waitpid(pid, 0)
     return pid
+
+
+def test_publish_removes_what_a_killed_publish_left(tmp_path: Path) -> None:
+    src = tmp_path / "store-file"
+    src.write_bytes(b"image")
+    out = tmp_path / "out"
+    out.mkdir()
+    dst = out / "baguette_rootfs.img.zst"
+    dead, mine = reaped_pid(), os.getpid()
+    for name in (f".{dst.name}.{dead}.abcd1234.tmp", f".{dst.name}.1.abcd1234.tmp",
+                 f".{dst.name}.{mine}.abcd1234.tmp", f".other.{dead}.abcd1234.tmp"):
+        (out / name).write_bytes(b"half")
+    publish(src, dst)
+    assert dst.read_bytes() == b"image"
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        dst.name, f".{dst.name}.1.abcd1234.tmp", f".{dst.name}.{mine}.abcd1234.tmp",
+        f".other.{dead}.abcd1234.tmp"])
