@@ -416,8 +416,17 @@ def _check_version(root: Path, product: ss.Product, version: ss.Version,
 
 
 def remote_instructions(base_url: str, published: Published) -> str:
-    url = base_url or "https://HOST/PATH"
-    lines = [f"Serve {published.root} over HTTPS, then on the Chromebook (crosh: vsh termina):",
-             f"  lxc remote add NAME {url} --protocol simplestreams"]
-    lines += [f"  lxc launch NAME:{image} {image}-1" for image in sorted(published.versions)]
+    """How to use the tree: the LXD remote lines for the containers its index offers."""
+    images = json.loads((published.root / ss.IMAGES_PATH).read_text())
+    aliases = sorted({a for p in images.get("products", {}).values()
+                      for a in p.get("aliases", "").split(",") if a})
+    lines = [f"Serve {published.root} over HTTPS."]
+    if aliases:
+        url = base_url or "https://HOST/PATH"
+        lines += ["Then on the Chromebook (crosh: vsh termina):",
+                  f"  lxc remote add NAME {url} --protocol simplestreams"]
+        lines += [f"  lxc launch NAME:{a} {a}-1" for a in aliases]
+    else:
+        lines.append("Its index offers no container yet: `doit build:lxc` first, to serve "
+                     "Crostini images as an LXD remote.")
     return "\n".join(lines)

@@ -305,3 +305,18 @@ def test_doit_publish_and_verify(tmp_path: Path) -> None:
     bad = doit(tmp_path, "publish", "--verify")
     assert bad.returncode != 0
     assert f"images/tiny/x86_64/{vdir.name}/metadata.tar.xz: sha256 differs" in bad.stdout
+
+
+def test_instructions_offer_only_the_containers_the_index_holds(tmp_path: Path) -> None:
+    """A tree with no LXC image (only Baguette disks, say) offers no `lxc launch` line."""
+    ctx = built(write_project(tmp_path, 'accel = "tcg"', rich=False))
+    done = publish.publish(ctx)
+    text = publish.remote_instructions("https://h/p", done)
+    assert "lxc remote add NAME https://h/p --protocol simplestreams" in text
+    assert "lxc launch NAME:tiny tiny-1" in text
+    (done.root / ss.IMAGES_PATH).write_text(
+        '{"content_id": "images", "datatype": "image-downloads", "format": "products:1.0", '
+        '"products": {}}')
+    empty = publish.remote_instructions("https://h/p", done)
+    assert "lxc launch" not in empty and "lxc remote add" not in empty
+    assert "`doit build:lxc` first" in empty
