@@ -164,7 +164,15 @@ def plain_tar(tarball: Path, work: Path) -> Path:
     if sniff(tarball) == "tar":
         return tarball
     out = work / "rootfs.tar"
-    with open_stream(tarball) as src, open(out, "wb") as dst:
+    with open(out, "wb") as dst:
+        decompress_into(tarball, dst)
+    return out
+
+
+def decompress_into(tarball: Path, dst: BinaryIO) -> None:
+    """Write `tarball`'s archive, decompressed, to `dst`: a data error is `corrupt`, a disk
+    error (ENOSPC, say) stays an OSError."""
+    with open_stream(tarball) as src:
         try:
             copy_archive(src, dst, tarball)
         except PipelineError:
@@ -173,9 +181,8 @@ def plain_tar(tarball: Path, work: Path) -> Path:
             if exc.errno is not None:  # the disk, not the data (BadGzipFile has none)
                 raise
             raise corrupt(tarball, exc) from None
-        except Exception as exc:
+        except Exception as exc:  # lzma, zlib and zstd each raise their own type
             raise corrupt(tarball, exc) from None
-    return out
 
 
 def corrupt(path: Path, exc: BaseException) -> PipelineError:

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Image
-from ..errors import PipelineError
 from ..fsutil import atomic_path
 from ..hashing import FileHashMemo
 from ..store import StageInputs
-from ..tarballs import checked_members, copy_archive, corrupt, open_plain, open_stream
+from ..tarballs import checked_members, decompress_into, open_plain
 
 VERSION = 3  # 3: base.tar ends at its end-of-archive block
 
@@ -36,17 +35,8 @@ def decompress(src: Path, out: Path) -> None:
     """Decompress `src` into `out` as a plain tar, refusing a corrupt one or one that breaks
     the rootfs rules (tarballs.TreeRules: escaping names, writes through symlinks...)."""
     with atomic_path(out) as tmp:
-        with open_stream(src) as stream, open(tmp, "wb") as dst:
-            try:
-                copy_archive(stream, dst, src)
-            except PipelineError:
-                raise
-            except OSError as exc:
-                if exc.errno is not None:  # the disk, not the data (BadGzipFile has none)
-                    raise
-                raise corrupt(src, exc) from None
-            except Exception as exc:  # lzma, zlib and zstd each raise their own type
-                raise corrupt(src, exc) from None
+        with open(tmp, "wb") as dst:
+            decompress_into(src, dst)
         tf = open_plain(tmp, src)
         with tf:
             for _ in checked_members(tf, tmp, src):
