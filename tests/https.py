@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
-import os
 import shutil
 import ssl
 import subprocess
@@ -18,16 +17,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.conftest import tool_missing
 
 
 def self_signed(work: Path) -> tuple[Path, Path]:
     """(certificate, key) for 127.0.0.1, valid for a day."""
     if shutil.which("openssl") is None:
-        reason = "openssl is not installed (run `python3 -m pipeline.hostsetup --tests`)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        tool_missing("openssl is not installed (run `python3 -m pipeline.hostsetup --tests`)")
     cert, key = work / "server.crt", work / "server.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",

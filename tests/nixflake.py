@@ -14,12 +14,12 @@ users (nix-bin without the daemon package has no nixbld group).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from pipeline.run import which
+from tests.conftest import tool_missing
 
 NIX_TEST_CONFIG = "\n".join([
     "experimental-features = nix-command flakes",
@@ -120,11 +120,8 @@ def require_nix() -> None:
     if not Path("/bin/busybox").is_file():
         missing.append("/bin/busybox")
     if missing:
-        reason = (f"missing {', '.join(missing)} "
-                  "(run `python3 -m pipeline.hostsetup --tests`: nix-bin, busybox-static)")
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        tool_missing(f"missing {', '.join(missing)} "
+                     "(run `python3 -m pipeline.hostsetup --tests`: nix-bin, busybox-static)")
 
 
 @pytest.fixture
