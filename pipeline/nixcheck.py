@@ -8,17 +8,13 @@ not run as passed.
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
 from .errors import PipelineError
 from .log import info
-from .nixcli import FEATURES, nix, trim_error
+from .nixcli import OFFLINE, run_nix, trim_error
 from .run import require
-
-_OFFLINE = re.compile(r"unable to download|Could(?:n't| not) resolve host|cannot connect|"
-                      r"Connection refused|timed out|Network is unreachable")
 
 
 def nix_files(flake_dir: Path) -> list[Path]:
@@ -44,16 +40,10 @@ def parse_all(flake_dir: Path) -> list[Path]:
 
 
 def flake_check(flake_dir: Path, timeout: float = 1800) -> None:
-    argv = [nix(), *FEATURES, "flake", "check", str(flake_dir.resolve())]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise PipelineError(f"`nix flake check` did not finish within {timeout:.0f} s",
-                            hint="is an input being fetched over a slow network?") from None
+    proc = run_nix(["flake", "check", str(flake_dir.resolve())], "`nix flake check`", timeout)
     if proc.returncode == 0:
         return
-    if _OFFLINE.search(proc.stderr):
+    if OFFLINE.search(proc.stderr):
         lock = flake_dir / "flake.lock"
         raise PipelineError(
             "`nix flake check` cannot run here: the flake's inputs (nixpkgs) cannot be "

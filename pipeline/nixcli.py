@@ -27,6 +27,9 @@ from .run import require
 FEATURES = ["--extra-experimental-features", "nix-command flakes"]
 LOG_LINES = 25  # of a failed build's log, shown in the error
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# what Nix prints when an input or substitute cannot be fetched
+OFFLINE = re.compile(r"unable to download|Could(?:n't| not) resolve host|cannot connect|"
+                     r"Connection refused|timed out|Network is unreachable")
 
 # Nix's internal-json activity and result types (libutil/logging.hh)
 ACT_BUILDS, ACT_BUILD = 104, 105
@@ -75,18 +78,22 @@ def trim_error(stderr: str, max_lines: int = 14) -> str:
     return "\n".join(lines) or "(Nix printed nothing)"
 
 
+def run_nix(args: list[str], what: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`nix [features] ARGS`, its output captured; a run over `timeout` is an error naming
+    `what` (the caller reads the exit status)."""
+    try:
+        return subprocess.run([nix(), *FEATURES, *args], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise NixError(f"{what} did not finish within {timeout:.0f} s",
+                       hint="is Nix fetching inputs over a slow network?") from None
+
+
 def eval_json(flake: str, attr: str, apply: str | None = None, *,
               timeout: float = 600) -> Any:
     """`nix eval --json FLAKE#ATTR [--apply FN]`: evaluation only, nothing is built."""
-    argv = [nix(), *FEATURES, "eval", "--json", f"{flake}#{attr}"]
-    if apply:
-        argv += ["--apply", apply]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise NixError(f"evaluating {flake}#{attr} took over {timeout:.0f} s",
-                       hint="is the flake fetching inputs over a slow network?") from None
+    args = ["eval", "--json", f"{flake}#{attr}", *(["--apply", apply] if apply else [])]
+    proc = run_nix(args, f"evaluating {flake}#{attr}", timeout)
     if proc.returncode != 0:
         raise NixError(
             f"Nix could not evaluate {flake}#{attr}:\n{trim_error(proc.stderr)}",
@@ -103,7 +110,7 @@ def _eval_hint(stderr: str, flake: str, attr: str) -> str:
     if "does not provide attribute" in text:
         return (f"the flake has no {attr.split('.config.')[0]}; check `host` in images.toml "
                 f"against `nix flake show {flake}`")
-    if re.search(r"unable to download|Could not resolve host|cannot connect", text):
+    if OFFLINE.search(text):
         return ("an input could not be fetched: the first build needs network to create "
                 "flake.lock, later builds use the locked inputs (and Nix's binary cache)")
     if "experimental" in text:

@@ -24,12 +24,13 @@ from pipeline.appliance import (
 )
 from pipeline.errors import PipelineError
 from pipeline.hashing import FileHashMemo
+from tests.conftest import tool_missing
 
 
 def newest_kernel() -> Path:
     kernels = sorted(Path("/boot").glob("vmlinuz-*"), key=_version_key)
     if not kernels:
-        pytest.skip("no kernel installed in /boot (apt-get install linux-image-amd64)")
+        tool_missing("no kernel installed in /boot (apt-get install linux-image-amd64)")
     if not os.access(kernels[-1], os.R_OK):
         pytest.skip(f"{kernels[-1]} is not readable by this user")
     return kernels[-1]

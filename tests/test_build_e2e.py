@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import validate
 from pipeline.store import verify as verify_entry
-from tests.conftest import require_vm, write_rich_rootfs
+from tests.conftest import require_vm, small_tmpfs, write_rich_rootfs
 
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,13 +261,7 @@ def test_two_processes_building_one_image(project: Path) -> None:
 def test_full_disk_is_one_message_and_leaves_nothing(project: Path) -> None:
     """The artifacts on a 4 MiB tmpfs: the first stage that writes much (the VM helper's
     appliance, 70 MiB) runs out of space."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    artifacts = project / "artifacts"
-    artifacts.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(artifacts)],
-                   check=True)
-    try:
+    with small_tmpfs(project / "artifacts", "4m") as artifacts:
         proc = doit(project, "build:baguette", check=False)
         assert proc.returncode != 0
         out = proc.stdout + proc.stderr
@@ -279,8 +273,6 @@ def test_full_disk_is_one_message_and_leaves_nothing(project: Path) -> None:
         store = artifacts / "store"
         assert not list(store.glob(f"{stage}/[!.]*")), f"{stage} ran out of space, left an entry"
         assert not list(store.glob("*/.*.tmp")), "temporary files were left behind"
-    finally:
-        subprocess.run(["umount", str(artifacts)], check=True)
 
 
 def test_failed_delta_update_falls_back_to_a_full_pack(project: Path) -> None:
@@ -316,13 +308,7 @@ def test_full_disk_while_packing_or_compressing(project: Path, stage: str,
     """The artifacts on a tmpfs that fills up during the pack (host extraction) or the
     compression: one message, a non-zero exit, no entry, no temporary files; with space
     again the same command completes."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    artifacts = project / "artifacts"
-    artifacts.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(artifacts)],
-                   check=True)
-    try:
+    with small_tmpfs(project / "artifacts", "160m") as artifacts:
         doit(project, before, "appliance")
         ballast = _fill(artifacts, 256 << 10)
         proc = doit(project, f"{stage}:first", check=False)
@@ -336,8 +322,6 @@ def test_full_disk_while_packing_or_compressing(project: Path, stage: str,
         assert not list((artifacts / "tmp").iterdir()), "temporary files were left behind"
         ballast.unlink()
         doit(project, f"{stage}:first")
-    finally:
-        subprocess.run(["umount", str(artifacts)], check=True)
 
 
 def test_verify_checks_the_store_first(project: Path) -> None:

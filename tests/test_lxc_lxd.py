@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import build, config
+from tests.conftest import tool_missing
 from tests.lxd import LXD, lxd  # noqa: F401 (the fixture)
 
 BUSYBOX = Path("/bin/busybox")
@@ -22,7 +23,7 @@ APPLETS = ("sh", "cat", "hostname", "sleep", "true", "ls", "id")
 def busybox_rootfs(path: Path) -> Path:
     """A tiny rootfs LXD can start: static busybox, a script as /sbin/init, os-release."""
     if not BUSYBOX.is_file():
-        pytest.skip("busybox-static is not installed")
+        tool_missing("busybox-static is not installed (run `python3 -m pipeline.hostsetup`)")
 
     def add(tf: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644,
             data: bytes = b"", link: str = "") -> None:
@@ -75,7 +76,7 @@ FORMATS = {
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_image_starts_in_lxd(fmt: str, tmp_path: Path, lxd: LXD) -> None:  # noqa: F811
     if fmt == "squashfs" and shutil.which("tar2sqfs") is None:
-        pytest.skip("squashfs-tools-ng is not installed")
+        tool_missing("squashfs-tools-ng is not installed (run `python3 -m pipeline.hostsetup`)")
     ctx = project(tmp_path, FORMATS[fmt])
     image = ctx.config.image("tiny")
     build.base(ctx, image)

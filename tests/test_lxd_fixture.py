@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tool_missing
 from tests.lxd import LXD, lxd  # noqa: F401
 
 BUSYBOX = Path("/bin/busybox")
@@ -79,7 +80,7 @@ def add_metadata(tar: tarfile.TarFile, yaml: str, prefix: str = "") -> None:
 @pytest.fixture(scope="module")
 def rootfs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not BUSYBOX.is_file():
-        pytest.skip("needs Debian's busybox-static (/bin/busybox)")
+        tool_missing("needs Debian's busybox-static (/bin/busybox)")
     root = tmp_path_factory.mktemp("lxdimg") / "rootfs"
     make_rootfs(root)
     return root

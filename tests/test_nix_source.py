@@ -222,3 +222,20 @@ def test_missing_build_users_are_explained(tmp_path: Path, nix_env: None,  # noq
         base(ctx, ctx.config.image("nixtest"))
     text = str(e.value)
     assert "no-such-group-here" in text and "nix-setup-systemd" in text
+
+
+def test_a_hung_evaluation_is_stopped_and_named(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Nix that never answers (a stand-in script on PATH) is killed at the timeout."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "nix"
+    fake.write_text("#!/bin/sh\nexec /bin/sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    with pytest.raises(nixcli.NixError) as e:
+        nixcli.eval_json("/some/flake", "nixosConfigurations.h.config.system.build",
+                         timeout=1)
+    assert ("evaluating /some/flake#nixosConfigurations.h.config.system.build did not "
+            "finish within 1 s") in str(e.value)
+    assert "slow network" in str(e.value)

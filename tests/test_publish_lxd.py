@@ -14,8 +14,10 @@ import pytest
 
 from pipeline import publish
 from pipeline.errors import PipelineError
+from tests.conftest import tool_missing
 from tests.https import serve_https
 from tests.lxd import LXD, LXDError, lxd  # noqa: F401 (the fixture)
+from tests.test_lxc_lxd import FORMATS
 from tests.test_publish import built, write_project
 
 T0 = datetime.datetime(2026, 11, 24, 9, 30, tzinfo=datetime.UTC)
@@ -35,19 +37,12 @@ def remove_remote(lxd: LXD, name: str) -> None:  # noqa: F811
     (lxd.conf_dir / "servercerts" / f"{name}.crt").unlink(missing_ok=True)
 
 
-FORMATS = {
-    "split-xz": 'rootfs_format = "tar.xz"',
-    "squashfs": 'rootfs_format = "squashfs"',
-    "unified": "unified = true",
-}
-
-
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_launch_from_the_published_tree(fmt: str, tmp_path: Path, lxd: LXD) -> None:  # noqa: F811
     """Every Crostini format, served as a simplestreams remote: LXD lists the image under its
     alias with our fingerprint, launches it, and (split xz) refuses it once tampered with."""
     if fmt == "squashfs" and shutil.which("tar2sqfs") is None:
-        pytest.skip("squashfs-tools-ng is not installed")
+        tool_missing("squashfs-tools-ng is not installed (run `python3 -m pipeline.hostsetup`)")
     ctx = built(write_project(tmp_path, rich=False, lxc=FORMATS[fmt]))
     t0 = time.monotonic()
     done = publish.publish(ctx, T0)

@@ -4,7 +4,10 @@ that hangs, KVM forced where it is unusable, and what `auto` decides on this hos
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from pipeline.appliance import Appliance
 from pipeline.config import Accel
 from pipeline.errors import GuestError, PipelineError
 from pipeline.vm import boot
+from tests.conftest import small_tmpfs
 
 pytestmark = pytest.mark.vm
 
@@ -145,13 +149,6 @@ def test_host_disk_full_under_the_guest_is_an_error_not_a_pause(
     """The packed image on a tmpfs with room for what mkfs.btrfs wrote but not for the
     guest's changes: QEMU reports the failed writes to the guest (werror=report) instead of
     pausing it until the timeout, and the guest's error ends the run."""
-    import os
-    import shutil
-    import subprocess
-    import time
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
     tarball = _tar(tmp_path / "r.tar", ["./", "./d/", *[f"./d/f{i}" for i in range(2000)]])
     tree = tmp_path / "tree"
     tree.mkdir()
@@ -161,10 +158,7 @@ def test_host_disk_full_under_the_guest_is_an_error_not_a_pause(
     os.truncate(built, 1 << 30)
     job = tmp_path / "job.tar"
     pack.write_job(staged, "x", job)
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "64m") as small:
         image = small / "disk.img"
         subprocess.run(["cp", "--sparse=always", str(built), str(image)], check=True)
         used_kib = image.stat().st_blocks // 2  # then no room for one more block
@@ -179,6 +173,3 @@ def test_host_disk_full_under_the_guest_is_an_error_not_a_pause(
         took = time.monotonic() - start
         assert "did not finish" not in err.value.message, "the guest was paused, not told"
         print(f"\nfull disk under the guest: failed after {took:.1f} s: {err.value.message}")
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
-        shutil.rmtree(tree, ignore_errors=True)
