@@ -253,8 +253,9 @@ def ensure(store: Store, kernel_setting: Path | None, memo: FileHashMemo) -> App
     entry = store.path(si)
     if not (store.has(si) and store.intact(si)):
         with store.lock(si):
-            if store.has(si) and not store.intact(si):
-                store.set_aside(si, verify(entry, full=False))
+            problems = verify(entry, full=False) if store.has(si) else []
+            if problems:
+                store.set_aside(entry, problems)
             if not store.has(si):
                 store.remove_stale(si)
                 with step("Building the VM helper appliance"), store.new_entry(si) as tmp:

@@ -212,7 +212,7 @@ def run_stage(ctx: Context, image: Image, si: StageInputs, title: str,
             if not problems:
                 record_build(record, si)
                 return entry
-            ctx.store.set_aside(si, problems)
+            ctx.store.set_aside(entry, problems)
         ctx.store.remove_stale(si)  # what a killed build of this key left
         with step(f"{title} [{image.name}] ({explain_miss(record, si)})"), \
                 ctx.store.new_entry(si) as tmp:

@@ -8,13 +8,12 @@ back (a disk fault, or a hand edit of a published file, which shares the store's
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from .build import Context
 from .config import Image
 from .errors import PipelineError
-from .log import info, step, warn
+from .log import info, step
 from .store import FILES_FILE, verify
 
 
@@ -39,12 +38,8 @@ def check(ctx: Context, entries: list[Path]) -> int:
             if not (entry / FILES_FILE).is_file():
                 unlisted += 1
             if problems:
-                where = f"{entry.parent.name}/{entry.name}"
-                warn(f"{where}: {'; '.join(problems)}")
-                damaged.append(where)
-                aside = entry.parent / f".{entry.name}.damaged.tmp"
-                entry.rename(aside)
-                shutil.rmtree(aside, ignore_errors=True)
+                damaged.append(f"{entry.parent.name}/{entry.name}")
+                ctx.store.set_aside(entry, problems)
         if unlisted:
             info(f"{unlisted} entries predate {FILES_FILE}: nothing to compare them with")
     if damaged:

@@ -133,12 +133,12 @@ class Store:
         """A cheap check of a complete entry (sizes; hashes of small files)."""
         return not verify(self.path(si), full=False)
 
-    def set_aside(self, si: StageInputs, problems: list[str]) -> None:
-        """Take a damaged entry out of the store (call under lock(si)), saying why."""
-        entry = self.path(si)
-        warn(f"{si.stage} entry {si.key} is damaged ({'; '.join(problems[:3])}); "
-             "removing it and building it again")
-        aside = entry.parent / f".{si.key}.damaged.{os.getpid()}.tmp"
+    @staticmethod
+    def set_aside(entry: Path, problems: list[str]) -> None:
+        """Take a damaged entry out of the store (under its key's lock), saying why."""
+        warn(f"{entry.parent.name} entry {entry.name} is damaged "
+             f"({'; '.join(problems[:3])}); removing it, to be built again")
+        aside = entry.parent / f".{entry.name}.damaged.{os.getpid()}.tmp"
         os.rename(entry, aside)
         shutil.rmtree(aside, ignore_errors=True)
 

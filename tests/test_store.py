@@ -615,7 +615,7 @@ def test_set_aside_and_stale_entries(tmp_path: Path, capsys: pytest.CaptureFixtu
     (stage_dir / ".otherkey.abc123.tmp").mkdir()  # another key's: not ours to remove
     store.remove_stale(s)
     assert sorted(p.name for p in stage_dir.iterdir()) == [".otherkey.abc123.tmp", s.key]
-    store.set_aside(s, ["f does not match its sha256"])
+    store.set_aside(store.path(s), ["f does not match its sha256"])
     assert not store.has(s)
     assert sorted(p.name for p in stage_dir.iterdir()) == [".otherkey.abc123.tmp"]
     assert "is damaged (f does not match its sha256)" in capsys.readouterr().err
