@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import PipelineError, ToolError
 from .log import info, progress
-from .run import require
+from .run import require, tool_version
 
 FEATURES = ["--extra-experimental-features", "nix-command flakes"]
 LOG_LINES = 25  # of a failed build's log, shown in the error
@@ -52,9 +52,7 @@ def nix() -> str:
 
 
 def version() -> tuple[int, ...]:
-    out = subprocess.run([nix(), "--version"], capture_output=True, text=True, check=False)
-    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out.stdout)
-    return tuple(int(g or 0) for g in m.groups()) if m else (0, 0, 0)
+    return tool_version(nix()) or (0, 0, 0)
 
 
 def clean(text: str) -> str:

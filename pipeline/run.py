@@ -51,6 +51,7 @@ MIN_VERSIONS: dict[str, tuple[tuple[int, ...], str]] = {
                            "`-accel` and `-nic none`"),
 }
 _VERSION_RE = re.compile(r"(?:version|\bv)\s*(\d+)\.(\d+)(?:\.(\d+))?")
+_BARE_VERSION_RE = re.compile(r"\b(\d+)\.(\d+)(?:\.(\d+))?")  # `nix (Nix) 2.8.0`
 
 
 def which(tool: str) -> str | None:
@@ -85,7 +86,8 @@ def tool_version(path: str) -> tuple[int, ...] | None:
                               timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    m = _VERSION_RE.search(proc.stdout + proc.stderr)
+    text = proc.stdout + proc.stderr
+    m = _VERSION_RE.search(text) or _BARE_VERSION_RE.search(text)
     if m is None:
         return None
     return tuple(int(g) for g in m.groups() if g is not None)

@@ -128,3 +128,17 @@ def test_run_passes_input_env_and_cwd(tmp_path: Path) -> None:
 def test_run_takes_absolute_paths_and_pathlike_args(tmp_path: Path) -> None:
     script = _executable(tmp_path / "tool.sh")
     assert run([script, tmp_path], capture_stdout=True).stdout == b"found\n"
+
+
+@pytest.mark.parametrize("printed, expected", [
+    ("mkfs.btrfs, part of btrfs-progs v6.2", (6, 2)),
+    ("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)", (7, 2, 22)),
+    ("nix (Nix) 2.8.0", (2, 8, 0)),
+    ("no number here", None),
+])
+def test_tool_version_reads_what_tools_print(tmp_path: Path, printed: str,
+                                             expected: tuple[int, ...] | None) -> None:
+    tool = tmp_path / "tool"
+    tool.write_text(f"#!/bin/sh\necho '{printed}'\n")
+    tool.chmod(0o755)
+    assert run_mod.tool_version(str(tool)) == expected
