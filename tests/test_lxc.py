@@ -193,3 +193,26 @@ def test_squashfs_drops_acls_it_cannot_hold(tmp_path: Path,
     with open(back, "wb") as f:
         subprocess.run([which("sqfs2tar"), str(out / "rootfs.squashfs")], stdout=f, check=True)
     assert dict(manifest.read(back)["/var-log-journal"].xattrs) == {"user.kept": "yes"}
+
+
+def _metadata_tar(path: Path, yaml_text: str) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for name, data in (("./metadata.yaml", yaml_text.encode()),
+                           ("./templates/name.tpl", b"{{ container.name }}\n")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def test_source_templates_of_a_nixos_metadata_tarball(tmp_path: Path) -> None:
+    """NixOS writes metadata.yaml as JSON; its templates and their files are read back,
+    and YAML that is not that JSON is refused by name."""
+    tar = _metadata_tar(tmp_path / "m.tar", '{"templates": {"/etc/name": {"when": ["create"], '
+                        '"template": "name.tpl", "properties": {"a": 1}}}}')
+    templates, files = lxc.source_templates(tar)
+    assert templates == {"/etc/name": lxc.Template("name.tpl", ("create",), {"a": "1"})}
+    assert files == {"name.tpl": "{{ container.name }}\n"}
+    bad = _metadata_tar(tmp_path / "bad.tar", "templates:\n  /etc/name: {}\n")
+    with pytest.raises(PipelineError, match="metadata.yaml is not in the JSON form NixOS"):
+        lxc.source_templates(bad)

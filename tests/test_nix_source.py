@@ -239,3 +239,31 @@ def test_a_hung_evaluation_is_stopped_and_named(tmp_path: Path,
     assert ("evaluating /some/flake#nixosConfigurations.h.config.system.build did not "
             "finish within 1 s") in str(e.value)
     assert "slow network" in str(e.value)
+
+
+def test_tarball_found_in_a_make_system_tarball_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "tarball").mkdir(parents=True)
+    a, b = out / "tarball" / "a.tar.xz", out / "tarball" / "b.tar.xz"
+    a.write_bytes(b"")
+    assert nix_source.tarball_file(out, "system-tarball") == a  # the only one
+    b.write_bytes(b"")
+    with pytest.raises(PipelineError, match="holds no single tarball"):
+        nix_source.tarball_file(out, "system-tarball")
+    (out / "nix-support").mkdir()
+    (out / "nix-support" / "hydra-build-products").write_text(
+        f"file system-tarball {b}\n")
+    assert nix_source.tarball_file(out, "system-tarball") == b  # named wins
+    assert nix_source.tarball_file(a, "system-tarball") == a  # an output that is a file
+
+
+def test_a_tarball_attribute_that_is_no_derivation(tmp_path: Path,
+                                                   nix_env: None) -> None:  # noqa: F811
+    write_flake(tmp_path / "flake", flake_nix=(
+        "{ outputs = { self }: { nixosConfigurations.testhost.config.system.build = "
+        "{ tarball = { drvPath = \"not-a-derivation\"; }; }; }; }"))
+    ctx = context(tmp_path)
+    with pytest.raises(PipelineError) as e:
+        ctx.base_inputs(ctx.config.image("nixtest"))
+    assert "system.build.tarball is not a derivation" in str(e.value)
+    assert "lxc-container module or nix/modules/baguette.nix" in str(e.value)
