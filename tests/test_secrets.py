@@ -97,18 +97,23 @@ def test_message_names_paths_and_kinds_never_values(tmp_path: Path) -> None:
     assert "hunter2" not in text and "s3cr3t" not in text and "AKIA" not in text
 
 
-def test_customize_refuses_and_writes_nothing(tmp_path: Path) -> None:
-    base = tar_of(tmp_path / "base.tar", {"/etc/hostname": b"x\n"})
-    dots = tmp_path / "dots"
-    (dots / ".ssh").mkdir(parents=True)
-    (dots / ".ssh" / "id_ed25519").write_bytes(PLANTED["/home/u/.ssh/id_ed25519"][1])
-    image = config.parse(f"""
+def tarball_image(tmp_path: Path, base: Path, dots: Path) -> config.Image:
+    """An image of the tarball `base` with the dotfiles `dots`."""
+    return config.parse(f"""
 [images.work]
 source = "tarball"
 dotfiles = "{dots}"
 [images.work.tarball]
 path = "{base}"
 """, tmp_path / "images.toml").image("work")
+
+
+def test_customize_refuses_and_writes_nothing(tmp_path: Path) -> None:
+    base = tar_of(tmp_path / "base.tar", {"/etc/hostname": b"x\n"})
+    dots = tmp_path / "dots"
+    (dots / ".ssh").mkdir(parents=True)
+    (dots / ".ssh" / "id_ed25519").write_bytes(PLANTED["/home/u/.ssh/id_ed25519"][1])
+    image = tarball_image(tmp_path, base, dots)
     out = tmp_path / "out" / "rootfs.tar"
     out.parent.mkdir()
     with pytest.raises(PipelineError, match="/home/user/.ssh/id_ed25519: OpenSSH private key"):
@@ -135,13 +140,7 @@ def test_clean_rootfs_has_zero_findings(tmp_path: Path) -> None:
     (dots / ".config").mkdir(parents=True)
     (dots / ".bashrc").write_text("export AWS_PROFILE=work\n")
     (dots / ".config" / "git").write_text("[user]\n\tname = U\n")
-    image = config.parse(f"""
-[images.work]
-source = "tarball"
-dotfiles = "{dots}"
-[images.work.tarball]
-path = "{base}"
-""", tmp_path / "images.toml").image("work")
+    image = tarball_image(tmp_path, base, dots)
     out = tmp_path / "rootfs.tar"
     n = customize.customize(base, image, out, work_dir=tmp_path, source_date_epoch=None)
     assert n > 40
