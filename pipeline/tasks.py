@@ -26,20 +26,21 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 from doit.exceptions import TaskFailed
 
-from . import build, fsck, gc, nixcheck
-from . import publish as publish_mod
-from .build import Context
+from . import stages as build
 from .config import Config, Image
-from .errors import PipelineError
-from .store import StageInputs, explain_miss
+from .core.errors import PipelineError
+from .core.paths import NIX_DIR
+from .publish import tree as publish_mod
+from .sources import nixcheck
+from .stages import Context
+from .store import fsck, gc
+from .store.entries import StageInputs, explain_miss
 
 T = TypeVar("T")
-NIX_FLAKE = Path(__file__).resolve().parent.parent / "nix"
 
 
 def _action(fn: Callable[[], object]) -> Callable[[], TaskFailed | None]:
@@ -229,7 +230,7 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
             "name": "nix",
             "doc": "parse every .nix file in nix/, then `nix flake check` it (needs network "
                    "for nixpkgs; says so where there is none)",
-            "actions": [_action(lambda: nixcheck.check(NIX_FLAKE))],
+            "actions": [_action(lambda: nixcheck.check(NIX_DIR))],
             "uptodate": [False],
             "verbosity": 2,
         }

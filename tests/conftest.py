@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import appliance as appliance_mod
-from pipeline.hashing import FileHashMemo
-from pipeline.run import which
-from pipeline.store import Store
+from pipeline.core.run import which
+from pipeline.store.entries import Store
+from pipeline.store.hashing import FileHashMemo
+from pipeline.vmhelper import appliance as appliance_mod
 
 VM_TOOLS = ("qemu-system-x86_64", "mkfs.btrfs", "btrfs", "busybox", "tar", "modprobe")
 

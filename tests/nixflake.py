@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.run import which
+from pipeline.core.run import which
 from tests.conftest import tool_missing
 
 NIX_TEST_CONFIG = "\n".join([

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import appliance
-from pipeline.appliance import (
+from pipeline.core.errors import PipelineError
+from pipeline.store.hashing import FileHashMemo
+from pipeline.vmhelper import appliance
+from pipeline.vmhelper.appliance import (
     Plan,
     _has_interpreter,
     _has_pvh_note,
@@ -22,8 +24,6 @@ from pipeline.appliance import (
     pvh_kernel,
     write_initrd,
 )
-from pipeline.errors import PipelineError
-from pipeline.hashing import FileHashMemo
 from tests.conftest import tool_missing
 
 

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import build, config
-from pipeline.errors import PipelineError
+from pipeline import config
+from pipeline import stages as build
+from pipeline.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("base", "rootfs", "lxc", "pack", "baguette")  # a case fails in one (or before)
@@ -418,7 +419,7 @@ def test_host_extraction_refuses_writing_outside(
         members: Callable[[Path], list[M]], tmp_path: Path) -> None:
     """pack.extract fed directly (not through the base and rootfs stages' checks): every
     way out of the staging tree is refused, and the canary directory beside it is intact."""
-    from pipeline import pack
+    from pipeline.baguette import pack
 
     canary = _canary(tmp_path)
     tarball = tmp_path / "hostile.tar"
@@ -433,7 +434,7 @@ def test_host_extraction_refuses_writing_outside(
 def test_host_extraction_replaces_a_symlink_instead_of_following_it(tmp_path: Path) -> None:
     """A file, fifo or directory that comes after a symlink of the same name replaces the
     link (GNU tar's last-one-wins); nothing is written where the link pointed."""
-    from pipeline import pack
+    from pipeline.baguette import pack
 
     canary = _canary(tmp_path)
     tarball = tmp_path / "dups.tar"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import validate
-from pipeline.store import verify as verify_entry
+from pipeline.baguette import check as validate
+from pipeline.store.entries import verify as verify_entry
 from tests.conftest import require_vm, small_tmpfs, write_rich_rootfs
 
 pytestmark = pytest.mark.vm

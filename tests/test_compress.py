@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pipeline import compress as compress_mod
-from pipeline.compress import compress, data_segments
+from pipeline.baguette import compress as compress_mod
+from pipeline.baguette.compress import compress, data_segments
 
 MiB = 1 << 20
 

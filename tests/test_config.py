@@ -19,7 +19,7 @@ from pipeline.config import (
     TarballSource,
     parse_size,
 )
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 REF_START = (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cpio import CpioWriter
+from pipeline.vmhelper.cpio import CpioWriter
 
 pytestmark = pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
 

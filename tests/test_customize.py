@@ -13,8 +13,8 @@ import pytest
 import zstandard
 
 from pipeline import config
-from pipeline.customize import customize, inputs
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.rootfs.customize import customize, inputs
 
 MTIME = 1_700_000_000
 FUTURE = 1_800_000_000.75  # fractional and newer than SDE

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pipeline import config
-from pipeline.errors import ToolError
-from pipeline.hashing import FileHashMemo
+from pipeline.core.errors import ToolError
 from pipeline.sources import debian
+from pipeline.store.hashing import FileHashMemo
 
 MIRROR = "http://mirror.example.org/debian"
 

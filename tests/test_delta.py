@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import delta, manifest, pack, validate
-from pipeline.appliance import Appliance
+from pipeline.baguette import check as validate
+from pipeline.baguette import delta, pack
 from pipeline.config import Accel
-from pipeline.inspect import inspect_image
+from pipeline.vmhelper.appliance import Appliance
+from tests.support import tree as manifest
+from tests.support.readback import inspect_image
 
 pytestmark = pytest.mark.vm
 VM = dict(accel=Accel.TCG, timeout=300, memory_mib=512)

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import build, config, fsck, lxc
-from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file
-from pipeline.store import INPUTS_FILE, Store, verify
+from pipeline import config
+from pipeline import stages as build
+from pipeline.core.errors import PipelineError
+from pipeline.lxc import image as lxc
+from pipeline.store import fsck
+from pipeline.store.entries import INPUTS_FILE, Store, verify
+from pipeline.store.hashing import sha256_file
 from tests.conftest import add_sbin_init, require_vm, write_rich_rootfs
 
 ROOT = Path(__file__).resolve().parent.parent

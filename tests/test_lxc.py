@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import lxc, manifest
-from pipeline.errors import PipelineError
-from pipeline.run import which
+from pipeline.core.errors import PipelineError
+from pipeline.core.run import which
+from pipeline.lxc import image as lxc
+from tests.support import tree as manifest
 
 
 def rootfs_tar(path: Path, *, init: bool = True, merged_usr: bool = True) -> Path:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import build, config
+from pipeline import config
+from pipeline import stages as build
 from tests.conftest import tool_missing
 from tests.lxd import LXD, lxd  # noqa: F401 (the fixture)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import validate
+from pipeline.baguette import check as validate
 from tests.conftest import require_vm
 from tests.lxd import LXD, lxd  # noqa: F401 (fixture)
 from tests.nixflake import nix_env, write_flake  # noqa: F401 (fixture)

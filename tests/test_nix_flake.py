@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import nixcheck
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.sources import nixcheck
 from tests.nixflake import nix_env  # noqa: F401 (fixture)
 
 NIX_DIR = Path(__file__).resolve().parent.parent / "nix"
@@ -177,7 +177,7 @@ def test_the_flake_carries_no_secret(tmp_path: Path) -> None:
     passwords are locked, not hashed)."""
     import tarfile
 
-    from pipeline import secrets
+    from pipeline.rootfs import secrets
 
     with tarfile.open(tmp_path / "nix.tar", "w") as tf:
         tf.add(NIX_DIR, arcname="nix")

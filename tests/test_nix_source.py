@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config, nixcli
-from pipeline.build import Context, base, rootfs
-from pipeline.errors import ConfigError, PipelineError, ToolError
+from pipeline import config
+from pipeline.core.errors import ConfigError, PipelineError, ToolError
 from pipeline.sources import nix as nix_source
+from pipeline.sources import nixcli
+from pipeline.stages import Context, base, rootfs
 from tests.nixflake import NIX_TEST_CONFIG, nix_env, write_flake  # noqa: F401 (fixture)
 
 
@@ -164,7 +165,7 @@ def test_nix_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_flake(tmp_path / "flake")
     ctx = context(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr("pipeline.run.SBIN_DIRS", ())
+    monkeypatch.setattr("pipeline.core.run.SBIN_DIRS", ())
     with pytest.raises(ToolError) as e:
         ctx.base_inputs(ctx.config.image("nixtest"))
     text = str(e.value)

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import manifest, pack, validate
-from pipeline.appliance import Appliance
+from pipeline.baguette import check as validate
+from pipeline.baguette import pack
 from pipeline.config import Accel
-from pipeline.inspect import inspect_image
+from pipeline.vmhelper.appliance import Appliance
+from tests.support import tree as manifest
+from tests.support.readback import inspect_image
 
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +30,8 @@ PACK_ARGS = dict(label="fixture-root", fixed_size=None, slack=64 << 20, accel=Ac
 UNPRIVILEGED_PACK = """
 import json, sys
 from pathlib import Path
-from pipeline import pack
-from pipeline.appliance import Appliance
+from pipeline.baguette import pack
+from pipeline.vmhelper.appliance import Appliance
 from pipeline.config import Accel
 a = json.loads(sys.argv[1])
 res = pack.pack(Path(a["tarball"]), Path(a["image"]), label=a["label"], fixed_size=None,

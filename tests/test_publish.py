@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import build, config, publish
-from pipeline import simplestreams as ss
-from pipeline.errors import PipelineError
+from pipeline import config
+from pipeline import stages as build
+from pipeline.core.errors import PipelineError
+from pipeline.publish import simplestreams as ss
+from pipeline.publish import tree as publish
 from tests.conftest import CAP_NET_RAW
 from tests.test_lxc_lxd import busybox_rootfs
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import publish
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.publish import tree as publish
 from tests.conftest import tool_missing
 from tests.https import serve_https
 from tests.lxd import LXD, LXDError, lxd  # noqa: F401 (the fixture)

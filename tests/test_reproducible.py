@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.appliance import Appliance
-from pipeline.build import filesystem_uuid
 from pipeline.config import Accel
-from pipeline.inspect import inspect_image
+from pipeline.stages import filesystem_uuid
+from pipeline.vmhelper.appliance import Appliance
 from tests.conftest import add_sbin_init, write_rich_rootfs
+from tests.support.readback import inspect_image
 
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parent.parent

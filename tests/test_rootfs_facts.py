@@ -6,8 +6,8 @@ import io
 import tarfile
 from pathlib import Path
 
-from pipeline import rootfs_facts
-from pipeline.rootfs_facts import decode_capability, parse_dpkg_status
+from pipeline.rootfs import facts as rootfs_facts
+from pipeline.rootfs.facts import decode_capability, parse_dpkg_status
 from tests.conftest import CAP_NET_RAW, write_rich_rootfs
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import run as run_mod
-from pipeline.errors import ToolError
-from pipeline.run import HOST_TOOLS, require, run, which
+from pipeline.core import run as run_mod
+from pipeline.core.errors import ToolError
+from pipeline.core.run import HOST_TOOLS, require, run, which
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config, customize, secrets
-from pipeline.errors import PipelineError
+from pipeline import config
+from pipeline.core.errors import PipelineError
+from pipeline.rootfs import customize, secrets
 
 
 def _b64_lines() -> str:

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from pipeline import fsutil, hashing
-from pipeline import store as store_mod
-from pipeline.fsutil import atomic_path, atomic_write_bytes, link_or_copy
-from pipeline.hashing import FileHashMemo, stage_key, tree_manifest
-from pipeline.store import (
+from pipeline.core import fsutil
+from pipeline.core.fsutil import atomic_path, atomic_write_bytes, link_or_copy
+from pipeline.store import entries as store_mod
+from pipeline.store import hashing
+from pipeline.store.entries import (
     INPUTS_FILE,
     StageInputs,
     Store,
@@ -28,6 +28,7 @@ from pipeline.store import (
     publish,
     record_build,
 )
+from pipeline.store.hashing import FileHashMemo, stage_key, tree_manifest
 
 INPUTS: dict[str, Any] = {
     "config": {"suite": "bookworm", "packages": ["git", "vim"]},

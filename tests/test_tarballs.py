@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pipeline.errors import PipelineError
-from pipeline.tarballs import members, open_plain, plain_tar, sniff
+from pipeline.core.errors import PipelineError
+from pipeline.core.tarballs import members, open_plain, plain_tar, sniff
 
 FILES = {
     "etc/hostname": b"box\n",
@@ -244,7 +244,7 @@ def test_plain_tar_corrupt(tmp_path: Path, fmt: str) -> None:
 def test_copy_archive_follows_pax_sizes(tmp_path: Path) -> None:
     """A member over 8 GiB has size 0 in its header and its real size in a pax record; the
     copy follows the record (shown here on a small member made to look like one)."""
-    from pipeline.tarballs import copy_archive
+    from pipeline.core.tarballs import copy_archive
 
     data = os.urandom(3000)
     buf = io.BytesIO()
@@ -266,7 +266,7 @@ def test_copy_archive_follows_pax_sizes(tmp_path: Path) -> None:
 
 
 def test_copy_archive_refuses_a_bomb_after_the_archive(tmp_path: Path) -> None:
-    from pipeline.tarballs import TRAILER_LIMIT, copy_archive
+    from pipeline.core.tarballs import TRAILER_LIMIT, copy_archive
 
     raw = make_tar() + bytes(TRAILER_LIMIT + (1 << 20))
     out = io.BytesIO()

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import pack, vm
-from pipeline.accel import choose, kvm_device_problem
-from pipeline.appliance import Appliance
+from pipeline.baguette import pack
 from pipeline.config import Accel
-from pipeline.errors import GuestError, PipelineError
-from pipeline.vm import boot
+from pipeline.core.errors import GuestError, PipelineError
+from pipeline.vmhelper import qemu as vm
+from pipeline.vmhelper.accel import choose, kvm_device_problem
+from pipeline.vmhelper.appliance import Appliance
+from pipeline.vmhelper.qemu import boot
 from tests.conftest import small_tmpfs
 
 pytestmark = pytest.mark.vm

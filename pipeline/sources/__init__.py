@@ -11,7 +11,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..config import SourceKind
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from . import debian, nix, tarball
 
 SOURCES: dict[SourceKind, ModuleType] = {

@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 
 from ..config import Image
-from ..hashing import FileHashMemo
-from ..run import run
-from ..store import StageInputs
+from ..core.run import run
+from ..store.entries import StageInputs
+from ..store.hashing import FileHashMemo
 
 VERSION = 1
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

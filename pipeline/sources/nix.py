@@ -15,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Image
-from ..errors import PipelineError
-from ..hashing import FileHashMemo
-from ..nixcli import NixError, eval_json
-from ..nixcli import build as nix_build
-from ..store import StageInputs
+from ..core.errors import PipelineError
+from ..store.entries import StageInputs
+from ..store.hashing import FileHashMemo
+from .nixcli import NixError, eval_json
+from .nixcli import build as nix_build
 from .tarball import decompress
 
 VERSION = 1

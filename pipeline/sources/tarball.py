@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Image
-from ..fsutil import atomic_path
-from ..hashing import FileHashMemo
-from ..store import StageInputs
-from ..tarballs import checked_members, decompress_into, open_plain
+from ..core.fsutil import atomic_path
+from ..core.tarballs import checked_members, decompress_into, open_plain
+from ..store.entries import StageInputs
+from ..store.hashing import FileHashMemo
 
 VERSION = 3  # 3: base.tar ends at its end-of-archive block
 

@@ -25,10 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline import build, config, pack
-from pipeline.accel import choose
-from pipeline.run import require, which
-from pipeline.vm import memory_mib
+from pipeline import config
+from pipeline import stages as build
+from pipeline.baguette import pack
+from pipeline.core.run import require, which
+from pipeline.vmhelper.accel import choose
+from pipeline.vmhelper.qemu import memory_mib
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))

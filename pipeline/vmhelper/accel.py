@@ -14,13 +14,13 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import Accel
+from ..core.errors import GuestError, PipelineError
+from ..core.fsutil import atomic_write_bytes
+from ..core.log import info
+from ..core.run import require
 from .appliance import Appliance
-from .config import Accel
-from .errors import GuestError, PipelineError
-from .fsutil import atomic_write_bytes
-from .log import info
-from .run import require
-from .vm import boot
+from .qemu import boot
 
 PROBE_TIMEOUT = 15.0  # a working KVM boots the probe in 1-2 s
 

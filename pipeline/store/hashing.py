@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .fsutil import atomic_write_bytes
+from ..core.fsutil import atomic_write_bytes
 
 CHUNK = 1 << 20
 

@@ -23,11 +23,11 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import PipelineError
-from .fsutil import atomic_path
-from .log import warn
-from .run import run
-from .tarballs import member_path, members, open_plain, rewrite
+from ..core.errors import PipelineError
+from ..core.fsutil import atomic_path
+from ..core.log import warn
+from ..core.run import run
+from ..core.tarballs import member_path, members, open_plain, rewrite
 
 VERSION = 1
 ARCHITECTURES = ("x86_64", "aarch64")

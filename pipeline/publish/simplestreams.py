@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PipelineError
+from ..core.errors import PipelineError
 
 INDEX_PATH = "streams/v1/index.json"
 IMAGES_PATH = "streams/v1/images.json"

@@ -15,16 +15,16 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.errors import PipelineError
+from ..core.fsutil import atomic_path
+from ..core.log import step
+from ..core.paths import QEMU_DIR
+from ..core.run import require, run
+from ..store.entries import StageInputs, Store, verify
+from ..store.hashing import FileHashMemo, sha256_file
 from .cpio import CpioWriter
-from .errors import PipelineError
-from .fsutil import atomic_path
-from .hashing import FileHashMemo, sha256_file
-from .log import step
-from .run import require, run
-from .store import StageInputs, Store, verify
 
 VERSION = 2
-QEMU_DIR = Path(__file__).resolve().parent.parent / "qemu"
 INIT_SCRIPT = QEMU_DIR / "init"
 RECIPE = QEMU_DIR / "appliance.toml"
 

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .appliance import Appliance
-from .config import Accel
-from .vm import Disk, boot
+from pipeline.config import Accel
+from pipeline.vmhelper.appliance import Appliance
+from pipeline.vmhelper.qemu import Disk, boot
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .tarballs import corrupt, member_path
+from pipeline.core.tarballs import corrupt, member_path
 
 TYPES = {
     tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",

@@ -11,10 +11,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from .errors import PipelineError
-from .log import info
+from ..core.errors import PipelineError
+from ..core.log import info
+from ..core.run import require
 from .nixcli import OFFLINE, run_nix, trim_error
-from .run import require
 
 
 def nix_files(flake_dir: Path) -> list[Path]:

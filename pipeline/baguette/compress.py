@@ -11,8 +11,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .fsutil import atomic_path
-from .log import progress
+from ..core.fsutil import atomic_path
+from ..core.log import progress
 
 VERSION = 1
 CHUNK = 4 << 20

@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import Accel
+from ..core.errors import GuestError
+from ..core.log import warn
+from ..core.run import require_version
 from .appliance import Appliance
-from .config import Accel
-from .errors import GuestError
-from .log import warn
-from .run import require_version
 
 
 @dataclass(frozen=True)

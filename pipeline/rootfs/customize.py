@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import Image, SourceKind
+from ..core.errors import ConfigError, PipelineError
+from ..core.fsutil import atomic_path, work_tempdir
+from ..core.log import info, step
+from ..core.tarballs import TarWriter, checked_members, open_plain, plain_tar, shown
+from ..store.entries import StageInputs
+from ..store.hashing import FileHashMemo, tree_manifest
 from . import integration, secrets
-from .config import Image, SourceKind
-from .errors import ConfigError, PipelineError
-from .fsutil import atomic_path, work_tempdir
-from .hashing import FileHashMemo, tree_manifest
-from .log import info, step
-from .store import StageInputs
-from .tarballs import TarWriter, checked_members, open_plain, plain_tar, shown
 
 VERSION = 2
 

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PipelineError
-from .tarballs import member_path, members, open_plain
+from ..core.errors import PipelineError
+from ..core.tarballs import member_path, members, open_plain
 
 _B64 = rb"[A-Za-z0-9+/=\r\n]{64,}"  # a real key's body follows its BEGIN line
 CONTENT = [

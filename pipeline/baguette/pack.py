@@ -33,14 +33,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .appliance import Appliance
-from .config import Accel
-from .errors import PipelineError
-from .fsutil import work_tempdir
-from .log import info, progress, step
-from .run import require_version, run
-from .tarballs import checked_members, copy_range, open_plain, plain_tar
-from .vm import Disk, boot
+from ..config import Accel
+from ..core.errors import PipelineError
+from ..core.fsutil import work_tempdir
+from ..core.log import info, progress, step
+from ..core.run import require_version, run
+from ..core.tarballs import checked_members, copy_range, open_plain, plain_tar
+from ..vmhelper.appliance import Appliance
+from ..vmhelper.qemu import Disk, boot
 
 VERSION = 2  # 2: the filesystem UUID comes from the key; the guest clock from SOURCE_DATE_EPOCH
 SUBVOL = "rootfs_subvol"

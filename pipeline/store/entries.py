@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import PipelineError
-from .fsutil import atomic_dir, atomic_write_bytes, link_or_copy, remove_stale_temps
+from ..core.errors import PipelineError
+from ..core.fsutil import atomic_dir, atomic_write_bytes, link_or_copy, remove_stale_temps
+from ..core.log import warn
 from .hashing import sha256_file, stage_key
-from .log import warn
 
 INPUTS_FILE = "inputs.json"
 FILES_FILE = "files.sha256"

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .lxc import resolve
-from .tarballs import member_path, members, open_plain
+from ..core.tarballs import member_path, members, open_plain
+from ..lxc.image import resolve
 
 # linux/capability.h, by bit number
 CAPS = (

@@ -15,11 +15,11 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .appliance import Appliance
-from .config import Accel
-from .run import run
-from .tarballs import member_path, members, open_plain, rewrite
-from .vm import Disk, boot
+from ..config import Accel
+from ..core.run import run
+from ..core.tarballs import member_path, members, open_plain, rewrite
+from ..vmhelper.appliance import Appliance
+from ..vmhelper.qemu import Disk, boot
 
 MAX_CHANGED_FRACTION = 0.25  # past this a full pack is about as fast and keeps no cruft
 

@@ -25,21 +25,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import appliance as appliance_mod
-from . import compress, customize, delta, lxc, pack, validate
-from .accel import choose
-from .boot import boot_image
+from .baguette import check as validate
+from .baguette import compress, delta, pack
+from .baguette.boottest import boot_image
 from .config import Config, Image
-from .errors import GuestError, PipelineError
-from .fsutil import atomic_write_bytes, remove_stale_work
-from .hashing import FileHashMemo, sha256_file
-from .log import info, step, warn
-from .run import require_version
+from .core.errors import GuestError, PipelineError
+from .core.fsutil import atomic_write_bytes, remove_stale_work
+from .core.log import info, step, warn
+from .core.run import require_version
+from .lxc import image as lxc
+from .rootfs import customize
 from .sources import nix as nix_source
 from .sources import source_for
-from .store import StageInputs, Store, explain_miss, publish, record_build
-from .store import verify as verify_entry
-from .vm import memory_mib
+from .store.entries import StageInputs, Store, explain_miss, publish, record_build
+from .store.entries import verify as verify_entry
+from .store.hashing import FileHashMemo, sha256_file
+from .vmhelper import appliance as appliance_mod
+from .vmhelper.accel import choose
+from .vmhelper.qemu import memory_mib
 
 IMAGE_NAME = "baguette_rootfs.img.zst"
 BUILD_FILE = "build.json"  # in each store entry: built_at, seconds, and the stage's facts

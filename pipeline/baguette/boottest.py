@@ -19,12 +19,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .appliance import Appliance
-from .config import Accel
-from .errors import GuestError
-from .fsutil import work_tempdir
-from .run import run
-from .vm import Disk, boot
+from ..config import Accel
+from ..core.errors import GuestError
+from ..core.fsutil import work_tempdir
+from ..core.run import run
+from ..vmhelper.appliance import Appliance
+from ..vmhelper.qemu import Disk, boot
 
 TOOLS_LABEL = "cros-vm-tools"
 KERNEL_ARGS = "root=/dev/vdb rw net.ifnames=0"

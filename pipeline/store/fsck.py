@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .build import Context
-from .config import Image
-from .errors import PipelineError
-from .log import info, step
-from .store import FILES_FILE, verify
+from ..config import Image
+from ..core.errors import PipelineError
+from ..core.log import info, step
+from ..stages import Context
+from .entries import FILES_FILE, verify
 
 
 def image_entries(ctx: Context, image: Image) -> list[Path]:

@@ -30,15 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import rootfs_facts
+from ..config import Image
+from ..core.errors import PipelineError
+from ..core.fsutil import atomic_dir, atomic_write_bytes, fsync_dir, link_or_copy
+from ..core.log import info, step
+from ..lxc.image import fingerprint as lxc_fingerprint
+from ..rootfs import facts as rootfs_facts
+from ..stages import IMAGE_NAME, Context, build_facts, lxc_files
+from ..store.hashing import sha256_file
 from . import simplestreams as ss
-from .build import IMAGE_NAME, Context, build_facts, lxc_files
-from .config import Image
-from .errors import PipelineError
-from .fsutil import atomic_dir, atomic_write_bytes, fsync_dir, link_or_copy
-from .hashing import sha256_file
-from .log import info, step
-from .lxc import fingerprint as lxc_fingerprint
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import PipelineError
+from ..core.errors import PipelineError
+from ..core.run import run
 from .pack import SUBVOL
-from .run import run
 
 SUPERBLOCK = 0x10000
 HEAD = 1 << 20

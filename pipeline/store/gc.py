@@ -14,10 +14,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import Context
-from .errors import PipelineError
-from .log import info
-from .store import read_history
+from ..core.errors import PipelineError
+from ..core.log import info
+from ..stages import Context
+from .entries import read_history
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PipelineError, ToolError
-from .log import info, progress
-from .run import require, tool_version
+from ..core.errors import PipelineError, ToolError
+from ..core.log import info, progress
+from ..core.run import require, tool_version
 
 FEATURES = ["--extra-experimental-features", "nix-command flakes"]
 LOG_LINES = 25  # of a failed build's log, shown in the error
