@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from pipeline import config
-from pipeline.stages import source_date_epoch
+from pipeline.config import source_date_epoch
 from pipeline.tasks import creators, exit_on_config_error
 
 DOIT_CONFIG = {

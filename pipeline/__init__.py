@@ -1,15 +1,20 @@
 """Build ChromeOS Linux guest images (Baguette VM disks, Crostini containers).
 
-Data flow for one image, one module per stage:
+One image, in the order it is built (stages.py holds the stage table; tasks.py wires it into
+doit; config.py reads images.toml into frozen dataclasses):
 
-    images.toml -> config -> sources.<kind> (base rootfs tarball)
-                -> customize (+ integration, secrets): the rootfs tarball
-                -> pack, or delta from the previous image (raw btrfs, through the VM helper:
-                   appliance + vm) -> compress (baguette_rootfs.img.zst) -> validate -> boot
-                -> lxc (metadata + rootfs tarballs for Crostini)
-                -> publish (a static image server: versions, SHA256SUMS, manifest.json from
-                   rootfs_facts, the simplestreams index LXD reads)
+    sources/    base      the base rootfs tarball: debian (mmdebstrap), tarball, nix (nix build)
+    rootfs/     rootfs    customize: the user, dotfiles, ChromeOS integration files, normalised
+                          entries, the secret scan -> the rootfs tarball
+    baguette/   pack      the raw btrfs image through the VM helper (or a delta update of the
+                          previous one); baguette: compress + check -> baguette_rootfs.img.zst;
+                          the boot test behind `doit verify`
+    lxc/        lxc       LXD metadata + rootfs tarballs (or one unified tarball) for Crostini
+    publish/              a static image server: versions, SHA256SUMS, manifest.json, the
+                          simplestreams index LXD reads
 
-`build.py` lists the stages in order; `tasks.py` wires them into doit; `store.py` keeps
-every stage's output under a key computed from its inputs, and `gc.py` prunes it.
+Services the stages call: store/ (content-addressed entries under keys computed from each
+stage's inputs, the artifacts layout and build records, gc, fsck) and vmhelper/ (QEMU, the
+appliance kernel + initramfs, the accelerator choice). core/ is the floor every module may
+use: errors, log, running tools, atomic writes, tarball rules.
 """

@@ -8,8 +8,10 @@ name the key path (`images.work.baguette.slack`) and end with a hint.
 from __future__ import annotations
 
 import enum
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,49 +364,9 @@ def _image(name: str, table: Any, base: Path) -> Image:
                  ("debian", "tarball", "nix", "baguette", "lxc"))
     kind = SourceKind(_required(where, v, "source", IMAGE_SETTINGS))
 
-    debian = tarball = nix = None
-    if kind is SourceKind.DEBIAN:
-        d = _section(f"{where}.debian", table.get("debian", {}), DEBIAN_SETTINGS, base)
-        debian = DebianSource(d["suite"], d["variant"], d["packages"], d["mirror"])
-    elif kind is SourceKind.TARBALL:
-        t = _section(f"{where}.tarball", table.get("tarball", {}), TARBALL_SETTINGS, base)
-        path = _required(f"{where}.tarball", t, "path", TARBALL_SETTINGS)
-        if not path.is_file():
-            raise ConfigError(f"{where}.tarball.path: {path} does not exist",
-                              hint="give the path of a rootfs tarball, relative to images.toml")
-        tarball = TarballSource(path)
-    elif kind is SourceKind.NIX:
-        nix = _nix_source(name, table, base)
-    for other in ("debian", "tarball", "nix"):
-        if other in table and other != kind.value:
-            raise ConfigError(f"{where}.{other}: this table is for source = {other!r}, "
-                              f"but the image's source is {kind.value!r}",
-                              hint=f"remove [{where}.{other}] or change `source`")
-
-    b = _section(f"{where}.baguette", table.get("baguette", {}), BAGUETTE_SETTINGS, base)
-    if not 1 <= b["compression_level"] <= 19:
-        raise ConfigError(f"{where}.baguette.compression_level: {b['compression_level']} "
-                          "is out of range", hint="zstd levels go from 1 to 19")
-    label = b["label"] or ("nixos-root" if kind is SourceKind.NIX else "baguette-root")
-    if len(label.encode()) > 255:
-        raise ConfigError(f"{where}.baguette.label: too long", hint="btrfs labels hold 255 bytes")
-    if b["size"] is not None and b["size"] < 256 * 1024**2:
-        raise ConfigError(f"{where}.baguette.size: {b['size']} bytes is too small",
-                          hint="btrfs images here are at least 256MiB; or use size = \"auto\"")
-
-    x = _section(f"{where}.lxc", table.get("lxc", {}), LXC_SETTINGS, base)
-    if not 0 <= x["compression_level"] <= 9:
-        raise ConfigError(f"{where}.lxc.compression_level: {x['compression_level']} "
-                          "is out of range", hint="xz levels go from 0 to 9")
-    if x["unified"] and x["rootfs_format"] != "tar.xz":
-        raise ConfigError(f"{where}.lxc.unified: a unified image holds a tar rootfs, not "
-                          f"{x['rootfs_format']}", hint="set unified = false for squashfs")
-    if x["expiry_days"] < 0:
-        raise ConfigError(f"{where}.lxc.expiry_days: cannot be negative",
-                          hint="0 means no expiry date")
-    lxc = LxcOptions(x["rootfs_format"], x["unified"], x["compression_level"], x["variant"],
-                     x["release"], x["expiry_days"])
-
+    debian, tarball, nix = _source(name, kind, table, base)
+    baguette = _baguette(where, kind, table, base)
+    lxc = _lxc(where, table, base)
     dotfiles = v["dotfiles"]
     if dotfiles is not None and not dotfiles.is_dir():
         if "dotfiles" in table:
@@ -419,22 +381,64 @@ def _image(name: str, table: Any, base: Path) -> Image:
     if not 1 <= v["uid"] < 65534:
         raise ConfigError(f"{where}.uid: {v['uid']} is out of range", hint="use e.g. 1000")
     return Image(
-        name=name,
-        source=kind,
-        description=v["description"],
-        arch=v["arch"],
-        hostname=v["hostname"] or name,
-        dotfiles=dotfiles,
-        user=v["user"],
-        uid=v["uid"],
+        name=name, source=kind, description=v["description"], arch=v["arch"],
+        hostname=v["hostname"] or name, dotfiles=dotfiles, user=v["user"], uid=v["uid"],
         chromeos_integration=v["chromeos_integration"] and kind is not SourceKind.NIX,
-        secrets_allow=v["secrets_allow"],
-        debian=debian,
-        tarball=tarball,
-        nix=nix,
-        baguette=BaguetteOptions(label, b["size"], b["slack"], b["compression_level"]),
-        lxc=lxc,
+        secrets_allow=v["secrets_allow"], debian=debian, tarball=tarball, nix=nix,
+        baguette=baguette, lxc=lxc,
     )
+
+
+def _source(name: str, kind: SourceKind, table: dict[str, Any], base: Path
+            ) -> tuple[DebianSource | None, TarballSource | None, NixSource | None]:
+    """The image's source table (only the one its `source` names may be there)."""
+    where = f"images.{name}"
+    for other in ("debian", "tarball", "nix"):
+        if other in table and other != kind.value:
+            raise ConfigError(f"{where}.{other}: this table is for source = {other!r}, "
+                              f"but the image's source is {kind.value!r}",
+                              hint=f"remove [{where}.{other}] or change `source`")
+    if kind is SourceKind.DEBIAN:
+        d = _section(f"{where}.debian", table.get("debian", {}), DEBIAN_SETTINGS, base)
+        return DebianSource(d["suite"], d["variant"], d["packages"], d["mirror"]), None, None
+    if kind is SourceKind.TARBALL:
+        t = _section(f"{where}.tarball", table.get("tarball", {}), TARBALL_SETTINGS, base)
+        path = _required(f"{where}.tarball", t, "path", TARBALL_SETTINGS)
+        if not path.is_file():
+            raise ConfigError(f"{where}.tarball.path: {path} does not exist",
+                              hint="give the path of a rootfs tarball, relative to images.toml")
+        return None, TarballSource(path), None
+    return None, None, _nix_source(name, table, base)
+
+
+def _baguette(where: str, kind: SourceKind, table: dict[str, Any], base: Path
+              ) -> BaguetteOptions:
+    b = _section(f"{where}.baguette", table.get("baguette", {}), BAGUETTE_SETTINGS, base)
+    if not 1 <= b["compression_level"] <= 19:
+        raise ConfigError(f"{where}.baguette.compression_level: {b['compression_level']} "
+                          "is out of range", hint="zstd levels go from 1 to 19")
+    label = b["label"] or ("nixos-root" if kind is SourceKind.NIX else "baguette-root")
+    if len(label.encode()) > 255:
+        raise ConfigError(f"{where}.baguette.label: too long", hint="btrfs labels hold 255 bytes")
+    if b["size"] is not None and b["size"] < 256 * 1024**2:
+        raise ConfigError(f"{where}.baguette.size: {b['size']} bytes is too small",
+                          hint="btrfs images here are at least 256MiB; or use size = \"auto\"")
+    return BaguetteOptions(label, b["size"], b["slack"], b["compression_level"])
+
+
+def _lxc(where: str, table: dict[str, Any], base: Path) -> LxcOptions:
+    x = _section(f"{where}.lxc", table.get("lxc", {}), LXC_SETTINGS, base)
+    if not 0 <= x["compression_level"] <= 9:
+        raise ConfigError(f"{where}.lxc.compression_level: {x['compression_level']} "
+                          "is out of range", hint="xz levels go from 0 to 9")
+    if x["unified"] and x["rootfs_format"] != "tar.xz":
+        raise ConfigError(f"{where}.lxc.unified: a unified image holds a tar rootfs, not "
+                          f"{x['rootfs_format']}", hint="set unified = false for squashfs")
+    if x["expiry_days"] < 0:
+        raise ConfigError(f"{where}.lxc.expiry_days: cannot be negative",
+                          hint="0 means no expiry date")
+    return LxcOptions(x["rootfs_format"], x["unified"], x["compression_level"], x["variant"],
+                      x["release"], x["expiry_days"])
 
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
@@ -511,6 +515,17 @@ def _publish(table: Any, base: Path, build: BuildOptions, known: list[str]) -> P
                               hint=f"known images: {', '.join(known)}")
     return PublishOptions(dir=p["dir"] or build.artifacts / "publish", keep=p["keep"],
                           images=tuple(names), base_url=p["base_url"].rstrip("/"))
+
+
+def source_date_epoch(env: Mapping[str, str] = os.environ) -> int | None:
+    """SOURCE_DATE_EPOCH from the environment, if set: every mtime is clamped to it."""
+    value = env.get("SOURCE_DATE_EPOCH", "")
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ConfigError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
+                          hint="set it to a unix time such as $(git log -1 --format=%ct)")
+    return int(value)
 
 
 def load(path: Path) -> Config:

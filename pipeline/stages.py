@@ -1,23 +1,25 @@
-"""One image, from images.toml to baguette_rootfs.img.zst: the stage list.
+"""One image, from images.toml to baguette_rootfs.img.zst: the stage table.
 
-    base     sources.<kind>.build       -> store/base/<key>/base.tar
-    rootfs   customize.customize        -> store/rootfs/<key>/rootfs.tar
-    pack     pack.pack (VM helper)      -> store/pack/<key>/disk.img
-    baguette compress + validate        -> store/baguette/<key>/baguette_rootfs.img.zst
-             published as artifacts/<image>/baguette_rootfs.img.zst (+ .sha256)
-    verify   boot.boot_image            (boots the published image)
+    stage     made by                         store entry              stable name
+    base      sources.<kind>.make_base        base/<key>/base.tar
+    rootfs    rootfs.customize.customize      rootfs/<key>/rootfs.tar
+    pack      baguette.pack.pack (or .delta)  pack/<key>/disk.img
+    baguette  baguette.compress + .check      baguette/<key>/*.img.zst  <image>/*.img.zst
+    lxc       lxc.image.write_image           lxc/<key>/...            <image>/lxc/*
 
-Each stage's key is computed from its inputs before anything runs (`*_inputs`), so an
-up-to-date check is a lookup in the store. `run_stage` builds a missing entry under a lock,
-logs why it was missing, and records the inputs for the next explanation. Each entry also
-holds `build.json`: when it was built, how long it took and what the stage reports about how
-(the pack stage: the accelerator and why), for publish's manifest.
+STAGES is the only list of them: the doit wiring (tasks.py), gc, fsck and publish read it.
+Each stage's key is computed from its inputs before anything runs, by the `inputs` function
+beside the code that uses the same values (pack.inputs next to pack.pack...), so an up-to-date
+check is a lookup in the store. `build` makes a missing entry under the key's lock, logs why it
+was missing, records the inputs for the next explanation and links the stable names. Each
+entry also holds `build.json`: when it was built, how long it took and what the stage reports
+about how (the pack stage: the accelerator and why), for publish's manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -25,248 +27,153 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .baguette import check as validate
-from .baguette import compress, delta, pack
-from .baguette.boottest import boot_image
+from .baguette import check, compress, delta, pack
+from .baguette.boottest import boot_image, require_tools_mount
 from .config import Config, Image
-from .core.errors import GuestError, PipelineError
+from .core.errors import PipelineError
 from .core.fsutil import atomic_write_bytes, remove_stale_work
 from .core.log import info, step, warn
 from .core.run import require_version
 from .lxc import image as lxc
+from .lxc.metadata import Properties
 from .rootfs import customize
-from .sources import nix as nix_source
-from .sources import source_for
-from .store.entries import StageInputs, Store, explain_miss, publish, record_build
-from .store.entries import verify as verify_entry
+from .sources import lxd_metadata, source_for
+from .store.entries import Store, link_output, problems
 from .store.hashing import FileHashMemo, sha256_file
+from .store.keys import StageInputs
+from .store.layout import (
+    BUILD_FILE,
+    Layout,
+    explain_miss,
+    read_entry_inputs,
+    read_record,
+    write_record,
+)
 from .vmhelper import appliance as appliance_mod
 from .vmhelper.accel import choose
-from .vmhelper.qemu import memory_mib
+from .vmhelper.qemu import Guest, memory_mib
 
 IMAGE_NAME = "baguette_rootfs.img.zst"
-BUILD_FILE = "build.json"  # in each store entry: built_at, seconds, and the stage's facts
-
-
-def source_date_epoch(env: dict[str, str] | os._Environ[str] = os.environ) -> int | None:
-    value = env.get("SOURCE_DATE_EPOCH", "")
-    if not value:
-        return None
-    if not value.isdigit():
-        raise PipelineError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
-                            hint="set it to a unix time such as $(git log -1 --format=%ct)")
-    return int(value)
 
 
 @dataclass
-class Context:
-    """What every stage of every image shares: the config, the store, the hash memo."""
+class Run:
+    """One invocation's state: the config, SOURCE_DATE_EPOCH, the artifacts layout, the
+    store, the hash memo; stage keys are computed once per run (inputs do not change while
+    it runs), and the appliance is built at most once."""
 
     config: Config
-    source_date_epoch: int | None = None
-    store: Store = field(init=False)
-    memo: FileHashMemo = field(init=False)
-    _appliance: appliance_mod.Appliance | None = field(default=None, init=False)
-    _appliance_inputs: StageInputs | None = field(default=None, init=False)
-    _keys: dict[tuple[str, str], StageInputs] = field(default_factory=dict, init=False)
-    _swept: bool = field(default=False, init=False)
-
-    def __post_init__(self) -> None:
-        self.store = Store(self.root)
-        self.memo = FileHashMemo(self.root / ".cache" / "filehash.json")
-
-    @property
-    def root(self) -> Path:
-        return self.config.build.artifacts
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.root / ".cache"
-
-    @property
-    def work_dir(self) -> Path:
-        """Temporary files' directory. On first use, what killed builds left goes: their
-        temporary files, and half-built store entries no running build holds."""
-        d = self.root / "tmp"
-        d.mkdir(parents=True, exist_ok=True)
-        if not self._swept:
-            remove_stale_work(d)
-            self.store.sweep()
-            self._swept = True
-        return d
-
-    def log_path(self, image: Image, what: str) -> Path:
-        return self.root / "logs" / image.name / f"{what}.console.log"
-
-    def output_dir(self, image: Image) -> Path:
-        return self.root / image.name
-
-    def record(self, image: Image, stage: str) -> Path:
-        return self.root / image.name / ".inputs" / f"{stage}.json"
-
-    def _memo_key(self, stage: str, image: Image,
-                  compute: Callable[[Image], StageInputs]) -> StageInputs:
-        """Keys are computed once per run: inputs do not change while the build runs."""
-        k = (stage, image.name)
-        if k not in self._keys:
-            self._keys[k] = compute(image)
-        return self._keys[k]
-
-    # --- keys --------------------------------------------------------------------------
-
-    def appliance_inputs(self) -> StageInputs:
-        if self._appliance_inputs is None:
-            plan = appliance_mod.plan(self.config.build.kernel)
-            self._appliance_inputs = appliance_mod.inputs(plan, self.memo)
-        return self._appliance_inputs
-
-    def appliance(self) -> appliance_mod.Appliance:
-        if self._appliance is None:
-            self._appliance = appliance_mod.ensure(self.store, self.config.build.kernel,
-                                                   self.memo)
-        return self._appliance
-
-    def base_inputs(self, image: Image) -> StageInputs:
-        return self._memo_key("base", image, self._base_inputs)
-
-    def _base_inputs(self, image: Image) -> StageInputs:
-        return source_for(image.source).inputs(image, self.memo)  # type: ignore[no-any-return]
-
-    def rootfs_inputs(self, image: Image) -> StageInputs:
-        return self._memo_key("rootfs", image, self._rootfs_inputs)
-
-    def _rootfs_inputs(self, image: Image) -> StageInputs:
-        return customize.inputs(image, self.base_inputs(image).key, self.source_date_epoch,
-                                self.memo)
-
-    def pack_inputs(self, image: Image) -> StageInputs:
-        return self._memo_key("pack", image, self._pack_inputs)
-
-    def _pack_inputs(self, image: Image) -> StageInputs:
-        b = image.baguette
-        return StageInputs("pack", pack.VERSION, {
-            "rootfs": self.rootfs_inputs(image).key,
-            "appliance": self.appliance_inputs().key,
-            "label": b.label,
-            "size": b.size,
-            "slack": b.slack,
-        })
-
-    def baguette_inputs(self, image: Image) -> StageInputs:
-        return self._memo_key("baguette", image, self._baguette_inputs)
-
-    def _baguette_inputs(self, image: Image) -> StageInputs:
-        return StageInputs("baguette", compress.VERSION, {
-            "pack": self.pack_inputs(image).key,
-            "level": image.baguette.compression_level,
-        })
-
-    def lxc_inputs(self, image: Image) -> StageInputs:
-        return self._memo_key("lxc", image, self._lxc_inputs)
-
-    def _lxc_inputs(self, image: Image) -> StageInputs:
-        x = image.lxc
-        return StageInputs("lxc", lxc.VERSION, {
-            "rootfs": self.rootfs_inputs(image).key,
-            "rootfs_format": x.rootfs_format,
-            "unified": x.unified,
-            "level": x.compression_level,
-            "variant": x.variant,
-            "release": x.release,
-            "expiry_days": x.expiry_days,
-            "description": image.description,
-            "arch": image.arch,
-            "source_date_epoch": self.source_date_epoch,
-        })
-
-    # --- paths of built entries -------------------------------------------------------
-
-    def base_tarball(self, image: Image) -> Path:
-        return self.store.path(self.base_inputs(image)) / "base.tar"
-
-    def rootfs_tarball(self, image: Image) -> Path:
-        return self.store.path(self.rootfs_inputs(image)) / "rootfs.tar"
-
-    def raw_image(self, image: Image) -> Path:
-        return self.store.path(self.pack_inputs(image)) / "disk.img"
-
-    def baguette_image(self, image: Image) -> Path:
-        return self.store.path(self.baguette_inputs(image)) / IMAGE_NAME
-
-    def published_image(self, image: Image) -> Path:
-        return self.output_dir(image) / IMAGE_NAME
+    source_date_epoch: int | None
+    layout: Layout
+    store: Store
+    memo: FileHashMemo
+    keys: dict[tuple[str, str], StageInputs] = field(default_factory=dict)
+    appliance: appliance_mod.Appliance | None = None
+    swept: bool = False
 
 
-def run_stage(ctx: Context, image: Image, si: StageInputs, title: str,
-              build: Callable[[Path], dict[str, Any] | None]) -> Path:
-    """Build the store entry for `si` unless present; returns its directory.
-
-    `build` fills the temporary entry and may return facts about how it built it (JSON-able),
-    kept with the duration in the entry's build.json."""
-    entry = ctx.store.path(si)
-    record = ctx.record(image, si.stage)
-    if ctx.store.has(si) and ctx.store.intact(si):
-        info(f"{si.stage}: in the store ({si.key})")
-        record_build(record, si)
-        return entry
-    with ctx.store.lock(si):
-        if ctx.store.has(si):  # another process built it while we waited, or it is damaged
-            problems = verify_entry(entry, full=False)
-            if not problems:
-                record_build(record, si)
-                return entry
-            ctx.store.set_aside(entry, problems)
-        ctx.store.remove_stale(si)  # what a killed build of this key left
-        with step(f"{title} [{image.name}] ({explain_miss(record, si)})"), \
-                ctx.store.new_entry(si) as tmp:
-            started = time.monotonic()
-            facts = build(tmp) or {}
-            atomic_write_bytes(tmp / BUILD_FILE, json.dumps(
-                {"built_at": int(time.time()), "seconds": round(time.monotonic() - started, 3),
-                 **facts}, indent=1, sort_keys=True).encode())
-    record_build(record, si)
-    ctx.memo.save()
-    return entry
+def open_run(config: Config, source_date_epoch: int | None) -> Run:
+    layout = Layout(config.build.artifacts)
+    return Run(config, source_date_epoch, layout, Store(layout), FileHashMemo(layout.hash_memo))
 
 
-# --- the stages, in order -----------------------------------------------------------------
+def work_dir(run: Run) -> Path:
+    """The temporary files' directory. The first call of a run removes what killed builds
+    left there: their work directories, and half-built store entries no build holds."""
+    d = run.layout.tmp
+    d.mkdir(parents=True, exist_ok=True)
+    if not run.swept:
+        remove_stale_work(d)
+        run.store.sweep()
+        run.swept = True
+    return d
 
 
-def base(ctx: Context, image: Image) -> Path:
-    src = source_for(image.source)
-    run_stage(ctx, image, ctx.base_inputs(image), f"Base rootfs from {image.source.value}",
-              lambda d: src.build(image, d / "base.tar", ctx.base_inputs(image)))
-    return ctx.base_tarball(image)
+# --- the VM helper ------------------------------------------------------------------------
 
 
-def rootfs(ctx: Context, image: Image) -> Path:
-    def build(d: Path) -> None:
-        n = customize.customize(ctx.base_tarball(image), image, d / "rootfs.tar",
-                                work_dir=ctx.work_dir,
-                                source_date_epoch=ctx.source_date_epoch)
-        info(f"{n} entries")
-
-    run_stage(ctx, image, ctx.rootfs_inputs(image), "Customizing the rootfs", build)
-    return ctx.rootfs_tarball(image)
+def appliance_inputs(run: Run) -> StageInputs:
+    k = ("appliance", "")
+    if k not in run.keys:
+        plan = appliance_mod.plan(run.config.build.kernel)
+        run.keys[k] = appliance_mod.inputs(plan, run.memo)
+    return run.keys[k]
 
 
-def _delta_base(ctx: Context, image: Image) -> tuple[Path, Path] | None:
-    """(previous raw image, its rootfs tarball) if the image's last pack can be updated into
-    this one: same base rootfs, VM helper and image options, both still in the store."""
-    try:
-        previous = json.loads(ctx.record(image, "pack").read_text())
-        prev_inputs = previous["inputs"]
-        prev_rootfs = ctx.root / "store" / "rootfs" / prev_inputs["rootfs"]
-        prev_base = json.loads((prev_rootfs / "inputs.json").read_text())["inputs"]["base"]
-    except (OSError, ValueError, KeyError):
-        return None
-    now = ctx.pack_inputs(image).inputs
-    same = all(prev_inputs.get(k) == now[k] for k in ("appliance", "label", "size", "slack"))
-    prev_image = ctx.root / "store" / "pack" / previous["key"] / "disk.img"
-    if (not same or prev_base != ctx.base_inputs(image).key or not prev_image.is_file()
-            or previous.get("version") != pack.VERSION):
-        return None
-    return prev_image, prev_rootfs / "rootfs.tar"
+def appliance(run: Run) -> appliance_mod.Appliance:
+    if run.appliance is None:
+        run.appliance = appliance_mod.ensure(run.store, run.config.build.kernel, run.memo)
+    return run.appliance
+
+
+def guest(run: Run) -> Guest:
+    """How this run's VM helper guests boot (the accelerator is chosen, and said, here)."""
+    app = appliance(run)
+    b = run.config.build
+    accel = choose(b.accel, app, run.layout.cache)
+    return Guest(app, accel.accel, b.vm_timeout, memory_mib(b.vm_memory), run.source_date_epoch,
+                 accel.reason)
+
+
+# --- the stages: key, then how to make the entry ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the store directory and the doit task group
+    title: str  # the step line while it builds
+    doc: str  # doit's description; {image} is the image's name
+    after: tuple[str, ...]  # what must be built first: stages, or "appliance"
+    inputs: Callable[[Run, Image], StageInputs]
+    make: Callable[[Run, Image, Path], dict[str, Any] | None]  # fills the new entry
+    summary: str = ""  # the task group's line in `doit list`
+    file: str | None = None  # the entry's main file, if it has one
+    stable: Callable[[Path], list[tuple[str, str]]] | None = None  # (entry file, output path)
+
+
+def key(run: Run, stage: Stage, image: Image) -> StageInputs:
+    """The stage's inputs for the image (computed once per run)."""
+    k = (stage.name, image.name)
+    if k not in run.keys:
+        run.keys[k] = stage.inputs(run, image)
+    return run.keys[k]
+
+
+def entry(run: Run, stage: Stage, image: Image) -> Path:
+    return run.store.path(key(run, stage, image))
+
+
+def main_file(run: Run, stage: Stage, image: Image) -> Path:
+    assert stage.file is not None
+    return entry(run, stage, image) / stage.file
+
+
+def _base_inputs(run: Run, image: Image) -> StageInputs:
+    return source_for(image.source).inputs(image, run.memo)  # type: ignore[no-any-return]
+
+
+def _make_base(run: Run, image: Image, d: Path) -> None:
+    source_for(image.source).make_base(image, d / "base.tar", key(run, BASE, image))
+
+
+def _rootfs_inputs(run: Run, image: Image) -> StageInputs:
+    return customize.inputs(image, key(run, BASE, image).key, run.source_date_epoch, run.memo)
+
+
+def _make_rootfs(run: Run, image: Image, d: Path) -> None:
+    n = customize.customize(main_file(run, BASE, image), image, d / "rootfs.tar",
+                            work_dir=work_dir(run), source_date_epoch=run.source_date_epoch)
+    info(f"{n} entries")
+
+
+def pack_options(image: Image) -> pack.PackOptions:
+    b = image.baguette
+    return pack.PackOptions(b.label, b.size, b.slack)
+
+
+def _pack_inputs(run: Run, image: Image) -> StageInputs:
+    return pack.inputs(key(run, ROOTFS, image).key, appliance_inputs(run).key,
+                       pack_options(image))
 
 
 def filesystem_uuid(key: str) -> str:
@@ -275,166 +182,229 @@ def filesystem_uuid(key: str) -> str:
     return str(uuid.UUID(hex=key[:32], version=4))
 
 
-def raw_image(ctx: Context, image: Image) -> Path:
-    def build(d: Path) -> dict[str, Any]:
-        for tool in ("mkfs.btrfs", "qemu-system-x86_64"):  # before the appliance copies them
-            require_version(tool)
-        app = ctx.appliance()
-        accel = choose(ctx.config.build.accel, app, ctx.cache_dir)
-        b = image.baguette
-        args = dict(appliance=app, accel=accel.accel, timeout=ctx.config.build.vm_timeout,
-                    memory_mib=memory_mib(ctx.config.build.vm_memory),
-                    log_path=ctx.log_path(image, "pack"), clock=ctx.source_date_epoch)
-        base = _delta_base(ctx, image)
-        changes = delta.diff(base[1], ctx.rootfs_tarball(image)) if base else None
-        if base is not None and changes is not None:
-            try:
-                with step(f"Delta update of the previous image ({len(changes.changed)} new or "
-                          f"changed, {len(changes.deleted)} removed)"):
-                    delta.apply(base[0], d / "disk.img", changes, ctx.rootfs_tarball(image),
-                                work=d, **args)  # type: ignore[arg-type]
-            except PipelineError as exc:
-                warn(f"delta update failed, packing in full instead: {exc.message}")
-                (d / "disk.img").unlink(missing_ok=True)
-                changes = None
-        if changes is None:
-            pack.pack(ctx.rootfs_tarball(image), d / "disk.img", label=b.label,
-                      fixed_size=b.size, slack=b.slack, work_dir=ctx.work_dir,
-                      fsid=filesystem_uuid(ctx.pack_inputs(image).key),
-                      **args)  # type: ignore[arg-type]
-        with step("Checking the filesystem"):
-            validate.check_raw(d / "disk.img")
-        return {"accel": accel.accel.value, "accel_reason": accel.reason,
-                "delta": changes is not None}
-
-    run_stage(ctx, image, ctx.pack_inputs(image), "Packing the btrfs image", build)
-    return ctx.raw_image(image)
-
-
-def baguette_image(ctx: Context, image: Image) -> Path:
-    raw = ctx.raw_image(image)
-
-    def build(d: Path) -> None:
-        out = d / IMAGE_NAME
-        size = compress.compress(raw, out, level=image.baguette.compression_level)
-        validate.check_compressed(out, image.baguette.label, raw.stat().st_size)
-        (d / f"{IMAGE_NAME}.sha256").write_text(f"{sha256_file(out)}  {IMAGE_NAME}\n")
-        info(f"{size / 2**20:.0f} MiB compressed, {raw.stat().st_size / 2**20:.0f} MiB raw")
-
-    entry = run_stage(ctx, image, ctx.baguette_inputs(image), "Compressing", build)
-    out_dir = ctx.output_dir(image)
-    publish(entry / IMAGE_NAME, out_dir / IMAGE_NAME)
-    publish(entry / f"{IMAGE_NAME}.sha256", out_dir / f"{IMAGE_NAME}.sha256")
-    ctx.memo.save()
-    return out_dir / IMAGE_NAME
-
-
-def _same_file(ctx: Context, src: Path, dst: Path) -> bool:
+def previous_pack(run: Run, image: Image) -> tuple[Path, Path] | None:
+    """(previous raw image, its rootfs tarball) if the image's last pack can be updated into
+    this one: same base rootfs, VM helper and image options, both still in the store."""
+    last = read_record(run.layout, image.name, PACK.name)
+    if last is None or last.get("version") != pack.VERSION:
+        return None
     try:
-        return os.path.samefile(src, dst) or ctx.memo.sha256(src) == ctx.memo.sha256(dst)
+        prev_inputs, prev_key = last["inputs"], last["key"]
+        prev_rootfs = run.layout.entry(ROOTFS.name, prev_inputs["rootfs"])
+        prev_base = (read_entry_inputs(prev_rootfs) or {})["base"]
+    except (KeyError, TypeError):
+        return None
+    now = key(run, PACK, image).inputs
+    same = all(prev_inputs.get(k) == now[k] for k in ("appliance", "label", "size", "slack"))
+    prev_image = run.layout.entry(PACK.name, prev_key) / "disk.img"
+    if not same or prev_base != key(run, BASE, image).key or not prev_image.is_file():
+        return None
+    return prev_image, prev_rootfs / "rootfs.tar"
+
+
+def _make_pack(run: Run, image: Image, d: Path) -> dict[str, Any]:
+    for tool in ("mkfs.btrfs", "qemu-system-x86_64"):  # before the appliance copies them
+        require_version(tool)
+    vm = guest(run)
+    log = run.layout.console_log(image.name, "pack")
+    rootfs_tar = main_file(run, ROOTFS, image)
+    previous = previous_pack(run, image)
+    changes = delta.diff(previous[1], rootfs_tar) if previous else None
+    if previous is not None and changes is not None:
+        try:
+            with step(f"Delta update of the previous image ({len(changes.changed)} new or "
+                      f"changed, {len(changes.deleted)} removed)"):
+                delta.apply(previous[0], d / "disk.img", changes, rootfs_tar, vm,
+                            log_path=log, work=d)
+        except PipelineError as exc:
+            warn(f"delta update failed, packing in full instead: {exc.message}")
+            (d / "disk.img").unlink(missing_ok=True)
+            changes = None
+    if changes is None:
+        pack.pack(rootfs_tar, d / "disk.img", pack_options(image), vm, log_path=log,
+                  work_dir=work_dir(run), fsid=filesystem_uuid(key(run, PACK, image).key))
+    with step("Checking the filesystem"):
+        check.check_raw(d / "disk.img")
+    return {"accel": vm.accel.value, "accel_reason": vm.accel_reason,
+            "delta": changes is not None}
+
+
+def _baguette_inputs(run: Run, image: Image) -> StageInputs:
+    return compress.inputs(key(run, PACK, image).key, image.baguette.compression_level)
+
+
+def _make_baguette(run: Run, image: Image, d: Path) -> None:
+    raw = main_file(run, PACK, image)
+    out = d / IMAGE_NAME
+    size = compress.compress(raw, out, level=image.baguette.compression_level)
+    check.check_compressed(out, image.baguette.label, raw.stat().st_size)
+    (d / f"{IMAGE_NAME}.sha256").write_text(f"{sha256_file(out)}  {IMAGE_NAME}\n")
+    info(f"{size / 2**20:.0f} MiB compressed, {raw.stat().st_size / 2**20:.0f} MiB raw")
+
+
+def _baguette_names(_entry: Path) -> list[tuple[str, str]]:
+    return [(IMAGE_NAME, IMAGE_NAME), (f"{IMAGE_NAME}.sha256", f"{IMAGE_NAME}.sha256")]
+
+
+def lxc_options(image: Image) -> tuple[lxc.Options, Properties]:
+    x = image.lxc
+    return (lxc.Options(x.rootfs_format, x.unified, x.compression_level),
+            Properties(image.description, x.variant, x.release, x.expiry_days, image.arch))
+
+
+def _lxc_inputs(run: Run, image: Image) -> StageInputs:
+    return lxc.inputs(key(run, ROOTFS, image).key, *lxc_options(image), run.source_date_epoch)
+
+
+def _make_lxc(run: Run, image: Image, d: Path) -> None:
+    opts, props = lxc_options(image)
+    result = lxc.write_image(
+        main_file(run, ROOTFS, image), d, opts, props,
+        creation_date=run.source_date_epoch or int(time.time()), work=d,
+        source_metadata=lxd_metadata(image.source, entry(run, BASE, image)))
+    (d / "files").write_text(result["files"] + "\n")
+    (d / "fingerprint").write_text(result["fingerprint"] + "\n")
+    sizes = ", ".join(f"{f} {(d / f).stat().st_size / 2**20:.1f} MiB"
+                      for f in result["files"].split())
+    info(f"{sizes}; fingerprint {result['fingerprint'][:12]}")
+
+
+def lxc_files(lxc_entry: Path) -> list[str]:
+    """The image files an LXC entry holds (metadata + rootfs, or the unified tarball)."""
+    return (lxc_entry / "files").read_text().split()
+
+
+def _lxc_names(lxc_entry: Path) -> list[tuple[str, str]]:
+    return [(f, f"lxc/{f}") for f in [*lxc_files(lxc_entry), "fingerprint"]]
+
+
+BASE = Stage("base", "Base rootfs from {source}", "base rootfs of {image} ({source})", (),
+             _base_inputs, _make_base, "the base rootfs tarball from the image's source",
+             file="base.tar")
+ROOTFS = Stage("rootfs", "Customizing the rootfs", "customized, normalised rootfs tarball of "
+               "{image}", ("base",), _rootfs_inputs, _make_rootfs,
+               "the customized, normalised rootfs tarball", file="rootfs.tar")
+PACK = Stage("pack", "Packing the btrfs image", "raw btrfs image of {image}, packed through "
+             "the VM helper", ("rootfs", "appliance"), _pack_inputs, _make_pack,
+             "the raw btrfs image, packed through the VM helper", file="disk.img")
+BAGUETTE = Stage("baguette", "Compressing", "{image}: the Baguette disk, "
+                 f"<artifacts>/{{image}}/{IMAGE_NAME}", ("pack",), _baguette_inputs,
+                 _make_baguette, "build one image by name (compressed, validated)",
+                 file=IMAGE_NAME, stable=_baguette_names)
+LXC = Stage("lxc", "Writing the LXC image", "{image}: the Crostini container image, "
+            "<artifacts>/{image}/lxc/", ("rootfs",), _lxc_inputs, _make_lxc,
+            "one image's Crostini container (metadata + rootfs tarballs)", stable=_lxc_names)
+STAGES = (BASE, ROOTFS, PACK, BAGUETTE, LXC)
+OUTPUTS = (BAGUETTE, LXC)  # the stages whose files users take (doit build:baguette/lxc)
+
+
+def stage(name: str) -> Stage:
+    return next(s for s in STAGES if s.name == name)
+
+
+# --- building one stage -------------------------------------------------------------------
+
+
+def build(run: Run, stage: Stage, image: Image) -> Path:
+    """The stage's store entry for `image`, built now unless it is in the store; its stable
+    names are linked. Returns the entry's directory."""
+    si = key(run, stage, image)
+    path = run.store.path(si)
+    if run.store.has(si) and run.store.intact(si):
+        info(f"{si.stage}: in the store ({si.key})")
+    else:
+        _build_entry(run, stage, image, si)
+    write_record(run.layout, image.name, si)
+    for name, dest in stage.stable(path) if stage.stable else []:
+        link_output(path / name, run.layout.outputs(image.name) / dest)
+    run.memo.save()
+    return path
+
+
+def _build_entry(run: Run, stage: Stage, image: Image, si: StageInputs) -> None:
+    with run.store.lock(si):
+        path = run.store.path(si)
+        if run.store.has(si):  # another process built it while we waited, or it is damaged
+            found = problems(path, full=False)
+            if not found:
+                return
+            run.store.set_aside(path, found)
+        run.store.remove_stale(si)  # what a killed build of this key left
+        why = explain_miss(read_record(run.layout, image.name, si.stage), si)
+        title = stage.title.format(source=image.source.value)
+        with step(f"{title} [{image.name}] ({why})"), run.store.new_entry(si) as tmp:
+            started = time.monotonic()
+            facts = stage.make(run, image, tmp) or {}
+            atomic_write_bytes(tmp / BUILD_FILE, json.dumps(
+                {"built_at": int(time.time()), "seconds": round(time.monotonic() - started, 3),
+                 **facts}, indent=1, sort_keys=True).encode())
+
+
+def is_current(run: Run, stage: Stage, image: Image) -> bool:
+    """The stage's entry is in the store, intact, and its stable names point at it."""
+    si = key(run, stage, image)
+    if not (run.store.has(si) and run.store.intact(si)):
+        return False
+    path = run.store.path(si)
+    out = run.layout.outputs(image.name)
+    return all(_same_file(run, path / name, out / dest)
+               for name, dest in (stage.stable(path) if stage.stable else []))
+
+
+def _same_file(run: Run, src: Path, dst: Path) -> bool:
+    try:
+        return src.samefile(dst) or run.memo.sha256(src) == run.memo.sha256(dst)
     except OSError:
         return False
 
 
-def is_published(ctx: Context, image: Image) -> bool:
-    """The per-image name points at the current store entry (same file, or same bytes)."""
-    return _same_file(ctx, ctx.baguette_image(image), ctx.published_image(image))
-
-
-def build_facts(entry: Path) -> dict[str, Any]:
-    """The build.json of a store entry ({} for an entry built before it was recorded)."""
+def built_entry(run: Run, stage: Stage, image: Image) -> Path | None:
+    """The stage's entry for the image as configured now, if it is built."""
     try:
-        facts = json.loads((entry / BUILD_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return facts if isinstance(facts, dict) else {}
+        si = key(run, stage, image)
+    except PipelineError:  # e.g. no kernel for the VM helper: nothing was packed here
+        return None
+    return run.store.path(si) if run.store.has(si) else None
 
 
-def lxc_files(ctx: Context, image: Image) -> list[str]:
-    entry = ctx.store.path(ctx.lxc_inputs(image))
-    return (entry / "files").read_text().split()
+def image_entries(run: Run, image: Image) -> list[Path]:
+    """The store entries the image's current config uses that exist."""
+    return [e for e in (built_entry(run, s, image) for s in STAGES) if e is not None]
 
 
-def lxc_is_published(ctx: Context, image: Image) -> bool:
-    entry = ctx.store.path(ctx.lxc_inputs(image))
-    out = ctx.output_dir(image) / "lxc"
-    return all(_same_file(ctx, entry / f, out / f) for f in [*lxc_files(ctx, image),
-                                                              "fingerprint"])
+def wanted_keys(run: Run) -> set[str]:
+    """Every key the current config needs: each image's stages, and the appliance."""
+    keys = {k for image in run.config.images.values()
+            for s in STAGES if (k := _key_or_none(run, s, image)) is not None}
+    with contextlib.suppress(PipelineError):
+        keys.add(appliance_inputs(run).key)
+    return keys
 
 
-def lxc_image(ctx: Context, image: Image) -> tuple[list[Path], str]:
-    """The Crostini image of `image`: its files under artifacts/<image>/lxc/, fingerprint."""
-    rootfs_tar = ctx.rootfs_tarball(image)
-    x = image.lxc
-
-    def build_lxc(d: Path) -> None:
-        opts = lxc.Options(x.rootfs_format, x.unified, x.compression_level, image.description,
-                           x.variant, x.release, x.expiry_days, image.arch)
-        created = ctx.source_date_epoch or int(time.time())
-        source_md = ctx.base_tarball(image).parent / nix_source.METADATA_TAR
-        result = lxc.build(rootfs_tar, d, opts, creation_date=created, work=d,
-                           source_metadata=source_md if source_md.is_file() else None)
-        (d / "files").write_text(result["files"] + "\n")
-        (d / "fingerprint").write_text(result["fingerprint"] + "\n")
-        sizes = ", ".join(f"{f} {(d / f).stat().st_size / 2**20:.1f} MiB"
-                          for f in result["files"].split())
-        info(f"{sizes}; fingerprint {result['fingerprint'][:12]}")
-
-    entry = run_stage(ctx, image, ctx.lxc_inputs(image), "Writing the LXC image", build_lxc)
-    out_dir = ctx.output_dir(image) / "lxc"
-    names = lxc_files(ctx, image)
-    for name in [*names, "fingerprint"]:
-        publish(entry / name, out_dir / name)
-    ctx.memo.save()
-    return [out_dir / n for n in names], (entry / "fingerprint").read_text().strip()
+def _key_or_none(run: Run, stage: Stage, image: Image) -> str | None:
+    try:
+        return key(run, stage, image).key
+    except PipelineError:  # a stage that cannot be keyed now
+        return None
 
 
-def lxc_instructions(image: Image, files: list[Path], fp: str) -> str:
-    names = " ".join(f.name for f in files)
-    return (f"Load it in Crostini: copy {names} into the Linux files, then in the termina VM "
-            f"(crosh: vsh termina):\n  lxc image import {names} --alias {image.name}\n"
-            f"  lxc launch {image.name} {image.name}-1\n"
-            f"LXD fingerprint: {fp}")
+# --- the boot test ------------------------------------------------------------------------
 
 
-def baguette(ctx: Context, image: Image) -> Path:
-    """The whole Baguette pipeline for one image, stage by stage."""
-    base(ctx, image)
-    rootfs(ctx, image)
-    raw_image(ctx, image)
-    return baguette_image(ctx, image)
-
-
-def verify(ctx: Context, image: Image) -> dict[str, str]:
-    """Boot the published image with ChromeOS's disk layout; returns its os-release."""
-    zst = ctx.published_image(image)
+def boot_test(run: Run, image: Image) -> dict[str, str]:
+    """Boot the image's Baguette disk with ChromeOS's disk layout; returns its os-release."""
+    zst = run.layout.outputs(image.name) / IMAGE_NAME
     if not zst.is_file():
         raise PipelineError(f"{zst} does not exist", hint="run `doit build:baguette` first")
-    app = ctx.appliance()
-    accel = choose(ctx.config.build.accel, app, ctx.cache_dir)
-    with step(f"Booting {image.name} with ChromeOS's disk layout ({accel.accel.value})"):
-        result = boot_image(zst, appliance=app, accel=accel.accel,
-                            timeout=ctx.config.build.vm_timeout,
-                            log_path=ctx.log_path(image, "boot"), work_dir=ctx.work_dir,
-                            memory_mib=memory_mib(ctx.config.build.vm_memory))
+    vm = guest(run)
+    with step(f"Booting {image.name} with ChromeOS's disk layout ({vm.accel.value})"):
+        result = boot_image(zst, vm, log_path=run.layout.console_log(image.name, "boot"),
+                            work_dir=work_dir(run))
         info(f"booted {result.os_release.get('PRETTY_NAME', '?')} in {result.seconds:.1f} s")
         if image.chromeos_integration:
-            if not result.tools_mounted:
-                raise GuestError(
-                    f"boot test: the image did not mount the cros-vm-tools disk read-only at "
-                    f"/opt/google/cros-containers (console log: {result.log_path})",
-                    hint="ChromeOS's tools (vshd, maitred) come from that disk; see the "
-                    "mount unit's messages in the console log",
-                    console_log=str(result.log_path))
+            require_tools_mount(result)
             info("the tools disk (LABEL=cros-vm-tools) is mounted read-only")
-    stamp = ctx.output_dir(image) / "verified.json"
-    atomic_write_bytes(stamp, json.dumps({"image": ctx.memo.sha256(zst),
+    stamp = run.layout.outputs(image.name) / "verified.json"
+    atomic_write_bytes(stamp, json.dumps({"image": run.memo.sha256(zst),
                                           "os_release": result.os_release}).encode())
     return result.os_release
-
-
-def load_instructions(image: Image, path: Path) -> str:
-    return (f"Load it on a Chromebook: copy {path.name} to the Downloads folder, then in "
-            f"crosh (Ctrl+Alt+T):\n  vmc create --vm-type BAGUETTE --size 15G "
-            f"--source /home/chronos/user/MyFiles/Downloads/{path.name} {image.name}\n"
-            f"  vmc start --vm-type BAGUETTE {image.name}")

@@ -1,14 +1,14 @@
-"""The doit layer: wires the stages of build.py into tasks. No stage logic lives here.
+"""The doit layer: wires the stage table of stages.py into tasks. No stage logic lives here.
 
 Tasks (see `doit list`):
     build:baguette        every default image's baguette_rootfs.img.zst
     build:lxc             every default image's Crostini container (metadata + rootfs)
     verify:baguette       boot every default image with ChromeOS's disk layout
-    baguette:<image>      one image, by name (base:, rootfs:, pack: are its stages)
-    lxc:<image>           one image's Crostini container
+    <stage>:<image>       one stage of one image: base, rootfs, pack, baguette, lxc
     verify:<image>        check one image's store entries (fsck), then boot it
     fsck                  check every store entry against its recorded hashes
-    publish               lay out what is built as a static image server (publish.py)
+    gc                    free store entries the config does not need
+    publish               lay out what is built as a static image server (publish/)
     publish --verify      re-read a published tree and check every hash and the index
     appliance             the VM helper's kernel + initramfs
     check:nix             the nix/ flake parses and passes `nix flake check`
@@ -26,19 +26,20 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from doit.exceptions import TaskFailed
 
-from . import stages as build
+from . import stages
 from .config import Config, Image
 from .core.errors import PipelineError
 from .core.paths import NIX_DIR
-from .publish import tree as publish_mod
+from .publish import tree as published_tree
 from .sources import nixcheck
-from .stages import Context
+from .stages import IMAGE_NAME, OUTPUTS, STAGES, Run, Stage
 from .store import fsck, gc
-from .store.entries import StageInputs, explain_miss
+from .store.layout import explain_miss, read_record, recent_keys
 
 T = TypeVar("T")
 
@@ -66,225 +67,213 @@ def _action(fn: Callable[[], object]) -> Callable[[], TaskFailed | None]:
     return run
 
 
-def _check(fn: Callable[[], bool]) -> Callable[[], bool]:
-    """An uptodate callable; an error computing it means "run the task" (it then reports)."""
-    def check() -> bool:
-        try:
-            return fn()
-        except PipelineError:
-            return False
-
-    return check
-
-
 @dataclass
 class InStore:
-    """doit's `uptodate` hook for a stage: is its output in the store (and, for a published
-    output, do the image's stable names point at it)? `doit info TASK` prints str(self),
-    which says why the task would run, as the build's own log line does."""
+    """doit's `uptodate` hook for a stage: is its output in the store (and do the image's
+    stable names point at it)? `doit info TASK` prints str(self), which says why the task
+    would run, as the build's own log line does."""
 
-    ctx: Context
+    run: Run
+    stage: Stage
     image: Image
-    inputs: Callable[[Image], StageInputs]
-    published: Callable[[Context, Image], bool] | None = None
 
     def __call__(self) -> bool:
         try:
-            si = self.inputs(self.image)
-            return self.ctx.store.has(si) and self.ctx.store.intact(si) and (
-                self.published is None or self.published(self.ctx, self.image))
+            return stages.is_current(self.run, self.stage, self.image)
         except PipelineError:
             return False
         finally:
-            self.ctx.memo.save()  # hashes found while checking serve the next run (if new)
+            self.run.memo.save()  # hashes found while checking serve the next run (if new)
 
     def __str__(self) -> str:
         try:
-            si = self.inputs(self.image)
-            if self.ctx.store.has(si):
+            si = stages.key(self.run, self.stage, self.image)
+            if self.run.store.has(si):
                 return f"{si.stage} of {self.image.name}: in the store, not yet published"
-            why = explain_miss(self.ctx.record(self.image, si.stage), si)
+            why = explain_miss(read_record(self.run.layout, self.image.name, si.stage), si)
             return f"{si.stage} of {self.image.name}: not in the store ({why})"
         except PipelineError as exc:
             return f"{self.image.name}: {exc.message}"
 
 
-def _stage_tasks(ctx: Context, image: Image) -> Iterator[dict[str, Any]]:
-    n = image.name
-    stages: list[tuple[str, str, Callable[[Context, Image], object],
-                       Callable[[Image], StageInputs], list[str]]] = [
-        ("base", f"base rootfs of {n} ({image.source.value})",
-         build.base, ctx.base_inputs, []),
-        ("rootfs", f"customized, normalised rootfs tarball of {n}",
-         build.rootfs, ctx.rootfs_inputs, [f"base:{n}"]),
-        ("pack", f"raw btrfs image of {n}, packed through the VM helper",
-         build.raw_image, ctx.pack_inputs, [f"rootfs:{n}", "appliance"]),
-    ]
-    for basename, doc, stage, inputs, deps in stages:
-        yield {
-            "basename": basename, "name": n, "doc": doc,
-            "actions": [_action(partial(stage, ctx, image))],
-            "uptodate": [InStore(ctx, image, inputs)],
-            "task_dep": deps,
-            "verbosity": 2,
-        }
+def load_instructions(image: Image, path: Path) -> str:
+    return (f"Load it on a Chromebook: copy {path.name} to the Downloads folder, then in "
+            f"crosh (Ctrl+Alt+T):\n  vmc create --vm-type BAGUETTE --size 15G "
+            f"--source /home/chronos/user/MyFiles/Downloads/{path.name} {image.name}\n"
+            f"  vmc start --vm-type BAGUETTE {image.name}")
 
-    def baguette() -> None:
-        out = build.baguette_image(ctx, image)
-        print(f"\n{image.name}: {out}\n{build.load_instructions(image, out)}\n")
 
-    def crostini() -> None:
-        files, fp = build.lxc_image(ctx, image)
+def lxc_instructions(image: Image, files: list[Path], fp: str) -> str:
+    names = " ".join(f.name for f in files)
+    return (f"Load it in Crostini: copy {names} into the Linux files, then in the termina VM "
+            f"(crosh: vsh termina):\n  lxc image import {names} --alias {image.name}\n"
+            f"  lxc launch {image.name} {image.name}-1\n"
+            f"LXD fingerprint: {fp}")
+
+
+def _announce(run: Run, stage: Stage, image: Image, entry: Path) -> None:
+    """What a user does with an output stage's files."""
+    out = run.layout.outputs(image.name)
+    if stage is stages.BAGUETTE:
+        print(f"\n{image.name}: {out / IMAGE_NAME}\n"
+              f"{load_instructions(image, out / IMAGE_NAME)}\n")
+    elif stage is stages.LXC:
+        files = [out / "lxc" / f for f in stages.lxc_files(entry)]
+        fp = (entry / "fingerprint").read_text().strip()
         print(f"\n{image.name}: {', '.join(map(str, files))}\n"
-              f"{build.lxc_instructions(image, files, fp)}\n")
+              f"{lxc_instructions(image, files, fp)}\n")
 
-    outputs: list[tuple[str, str, Callable[[], None], Callable[[Image], StageInputs],
-                        Callable[[Context, Image], bool], str]] = [
-        ("baguette", f"{n}: artifacts/{n}/{build.IMAGE_NAME}", baguette,
-         ctx.baguette_inputs, build.is_published, f"pack:{n}"),
-        ("lxc", f"{n}: artifacts/{n}/lxc/ (Crostini container image)", crostini,
-         ctx.lxc_inputs, build.lxc_is_published, f"rootfs:{n}"),
-    ]
-    for basename, doc, make, inputs, published, dep in outputs:
-        yield {
-            "basename": basename, "name": n, "doc": doc,
-            "actions": [_action(make)],
-            "uptodate": [InStore(ctx, image, inputs, published)],
-            "task_dep": [dep],
-            "verbosity": 2,
-        }
-    yield {
-        "basename": "verify", "name": n,
-        "doc": f"boot {n} with ChromeOS's disk layout and check its init runs",
-        "actions": [_action(lambda: fsck.check(ctx, fsck.image_entries(ctx, image))),
-                    _action(lambda: build.verify(ctx, image))],
-        "task_dep": [f"baguette:{n}", "appliance"],
+
+def _stage_task(run: Run, stage: Stage, image: Image) -> dict[str, Any]:
+    def make() -> None:
+        entry = stages.build(run, stage, image)
+        if stage in OUTPUTS:
+            _announce(run, stage, image, entry)
+
+    n = image.name
+    doc = stage.doc.format(image=n, source=image.source.value).replace(
+        "<artifacts>", str(run.layout.root))
+    return {
+        "name": n, "doc": doc,
+        "actions": [_action(make)],
+        "uptodate": [InStore(run, stage, image)],
+        "task_dep": [d if d == "appliance" else f"{d}:{n}" for d in stage.after],
         "verbosity": 2,
     }
 
 
-def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callable[[], Any]]:
-    """doit task creators by name (`task_<name>`), each with the docstring `doit list` shows."""
-    ctx = Context(config, source_date_epoch)
-    images = list(config.images.values())
-    defaults = config.build.default_images
+def _verify_task(run: Run, image: Image) -> dict[str, Any]:
+    return {
+        "name": image.name,
+        "doc": f"check {image.name}'s store entries, then boot it with ChromeOS's disk layout",
+        "actions": [_action(lambda: fsck.check(run.store, stages.image_entries(run, image))),
+                    _action(lambda: stages.boot_test(run, image))],
+        "task_dep": [f"baguette:{image.name}", "appliance"],
+        "verbosity": 2,
+    }
 
-    def per_image(stage: str) -> Callable[[], Iterator[dict[str, Any]]]:
-        def creator() -> Iterator[dict[str, Any]]:
-            for image in images:
-                for t in _stage_tasks(ctx, image):
-                    if t["basename"] == stage:
-                        yield {k: v for k, v in t.items() if k != "basename"}
-            if stage == "verify":
-                yield {
-                    "name": "baguette",
-                    "doc": f"boot the default images ({', '.join(defaults)})",
-                    "actions": None,
-                    "task_dep": [f"verify:{n}" for n in defaults],
-                }
-        return creator
 
-    def task_appliance() -> dict[str, Any]:
-        return {
-            "actions": [_action(ctx.appliance)],
-            "uptodate": [_check(lambda: ctx.store.has(ctx.appliance_inputs()))],
-            "verbosity": 2,
-        }
+# --- one creator per task group; each docstring is its line in `doit list` ----------------
 
-    def task_build() -> Iterator[dict[str, Any]]:
-        yield {
-            "name": "baguette",
-            "doc": f"build the default images' Baguette disks ({', '.join(defaults)})",
-            "actions": None,
-            "task_dep": [f"baguette:{n}" for n in defaults],
-        }
-        yield {
-            "name": "lxc",
-            "doc": f"build the default images' Crostini containers ({', '.join(defaults)})",
-            "actions": None,
-            "task_dep": [f"lxc:{n}" for n in defaults],
-        }
 
+def _per_image(run: Run, stage: Stage) -> Iterator[dict[str, Any]]:
+    for image in run.config.images.values():
+        yield _stage_task(run, stage, image)
+
+
+def _verify(run: Run) -> Iterator[dict[str, Any]]:
+    """verify:baguette boots the default images the way ChromeOS does"""
+    for image in run.config.images.values():
+        yield _verify_task(run, image)
+    defaults = run.config.build.default_images
+    yield {"name": "baguette", "doc": f"boot the default images ({', '.join(defaults)})",
+           "actions": None, "task_dep": [f"verify:{n}" for n in defaults]}
+
+
+def _appliance(run: Run) -> dict[str, Any]:
+    """the VM helper's appliance (host kernel + small initramfs)"""
+    def current() -> bool:
+        try:
+            return run.store.has(stages.appliance_inputs(run))
+        except PipelineError:
+            return False  # the action reports it
+    return {"actions": [_action(lambda: stages.appliance(run))], "uptodate": [current],
+            "verbosity": 2}
+
+
+def _build(run: Run) -> Iterator[dict[str, Any]]:
+    """build:baguette / build:lxc build the default images (Baguette / Crostini)"""
+    defaults = run.config.build.default_images
+    for stage, what in ((stages.BAGUETTE, "Baguette disks"), (stages.LXC, "Crostini containers")):
+        yield {"name": stage.name,
+               "doc": f"build the default images' {what} ({', '.join(defaults)})",
+               "actions": None, "task_dep": [f"{stage.name}:{n}" for n in defaults]}
+
+
+def _gc(run: Run) -> dict[str, Any]:
+    """free store entries the config does not need (keeps the newest --keep N)"""
     def collect(keep: int) -> TaskFailed | None:
-        return _action(lambda: gc.collect(ctx, keep=keep))()
+        def act() -> None:
+            images = list(run.config.images)
+            gc.collect(run.store, stages.wanted_keys(run) | recent_keys(run.layout, images, keep))
+        return _action(act)()
+    return {
+        "actions": [collect],
+        "params": [{"name": "keep", "long": "keep", "type": int, "default": 2,
+                    "help": "newest entries to keep per stage and image, besides what "
+                            "images.toml needs"}],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
 
-    def task_gc() -> dict[str, Any]:
-        return {
-            "actions": [collect],
-            "params": [{"name": "keep", "long": "keep", "type": int, "default": 2,
-                        "help": "newest entries to keep per stage and image, besides what "
-                                "images.toml needs"}],
-            "uptodate": [False],
-            "verbosity": 2,
-        }
 
-    def task_fsck() -> dict[str, Any]:
-        return {
-            "actions": [_action(lambda: fsck.check_store(ctx))],
-            "uptodate": [False],
-            "verbosity": 2,
-        }
+def _fsck(run: Run) -> dict[str, Any]:
+    """check every store entry against the sizes and hashes recorded with it"""
+    return {"actions": [_action(lambda: fsck.check_store(run.store))], "uptodate": [False],
+            "verbosity": 2}
 
-    def task_check() -> Iterator[dict[str, Any]]:
-        yield {
-            "name": "nix",
-            "doc": "parse every .nix file in nix/, then `nix flake check` it (needs network "
-                   "for nixpkgs; says so where there is none)",
-            "actions": [_action(lambda: nixcheck.check(NIX_DIR))],
-            "uptodate": [False],
-            "verbosity": 2,
-        }
 
+def _check(run: Run) -> Iterator[dict[str, Any]]:
+    """check:nix checks the nix/ flake (parse, then `nix flake check`)"""
+    yield {
+        "name": "nix",
+        "doc": "parse every .nix file in nix/, then `nix flake check` it (needs network "
+               "for nixpkgs; says so where there is none)",
+        "actions": [_action(lambda: nixcheck.check(NIX_DIR))],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _publish(run: Run) -> dict[str, Any]:
+    """lay out what is built as a static image server (--verify: check one)"""
     def publish(verify: bool) -> TaskFailed | None:
-        def run() -> None:
+        def act() -> None:
             if verify:
-                publish_mod.verify(config.publish.dir)
+                published_tree.verify_tree(run.config.publish.dir)
                 return
-            done = publish_mod.publish(ctx)
+            done = published_tree.publish(run)
             print(f"\npublished: {done.root} "
                   f"({', '.join(f'{i} {v}' for i, v in sorted(done.versions.items()))})\n"
-                  f"{publish_mod.remote_instructions(config.publish.base_url, done)}\n")
-        return _action(run)()
-
-    def task_publish() -> dict[str, Any]:
-        return {
-            "actions": [publish],
-            "params": [{"name": "verify", "long": "verify", "type": bool, "default": False,
-                        "help": "only re-read the published tree and check every hash and "
-                                "the index (publishes nothing)"}],
-            "uptodate": [False],
-            "verbosity": 2,
-        }
-
-    def task_bench() -> dict[str, Any]:
-        return {
-            "actions": [[sys.executable, "-m", "tests.bench"]],
-            "uptodate": [False],
-            "verbosity": 2,
-        }
-
-    docs = {
-        "appliance": "the VM helper's appliance (host kernel + small initramfs)",
-        "build": "build:baguette / build:lxc build the default images (Baguette / Crostini)",
-        "bench": "benchmarks (tests/bench/): ratios against baselines measured in one run",
-        "check": "check:nix checks the nix/ flake (parse, then `nix flake check`)",
-        "gc": "free store entries the config does not need (keeps the newest --keep N)",
-        "fsck": "check every store entry against the sizes and hashes recorded with it",
-        "publish": "lay out what is built as a static image server (--verify: check one)",
-        "base": "base:<image>: the base rootfs tarball from the image's source",
-        "rootfs": "rootfs:<image>: the customized, normalised rootfs tarball",
-        "pack": "pack:<image>: the raw btrfs image, packed through the VM helper",
-        "baguette": "baguette:<image>: build one image by name (compressed, validated)",
-        "verify": "verify:baguette boots the default images the way ChromeOS does",
-        "lxc": "lxc:<image>: one image's Crostini container (metadata + rootfs tarballs)",
+                  f"{published_tree.remote_instructions(run.config.publish.base_url, done)}\n")
+        return _action(act)()
+    return {
+        "actions": [publish],
+        "params": [{"name": "verify", "long": "verify", "type": bool, "default": False,
+                    "help": "only re-read the published tree and check every hash and "
+                            "the index (publishes nothing)"}],
+        "uptodate": [False],
+        "verbosity": 2,
     }
-    out: dict[str, Callable[[], Any]] = {
-        "appliance": task_appliance, "build": task_build, "bench": task_bench, "gc": task_gc,
-        "fsck": task_fsck, "check": task_check, "publish": task_publish}
-    for stage in ("base", "rootfs", "pack", "baguette", "lxc", "verify"):
-        out[stage] = per_image(stage)
-    for name, fn in out.items():
-        fn.__doc__ = docs[name]
+
+
+def _bench(run: Run) -> dict[str, Any]:
+    """benchmarks (tests/bench/): ratios against baselines measured in one run"""
+    return {"actions": [[sys.executable, "-m", "tests.bench"]], "uptodate": [False],
+            "verbosity": 2}
+
+
+GROUPS: dict[str, Callable[[Run], Any]] = {
+    "appliance": _appliance, "build": _build, "verify": _verify, "gc": _gc, "fsck": _fsck,
+    "check": _check, "publish": _publish, "bench": _bench}
+
+
+def _creator(make: Callable[[], Any], doc: str) -> Callable[[], Any]:
+    def creator() -> Any:
+        return make()
+    creator.__doc__ = doc
+    return creator
+
+
+def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callable[[], Any]]:
+    """doit task creators by name (`task_<name>`), each with the docstring `doit list` shows:
+    one group per stage of the table (`<stage>:<image>`), and the groups above."""
+    run = stages.open_run(config, source_date_epoch)
+    out = {name: _creator(partial(group, run), group.__doc__ or "")
+           for name, group in GROUPS.items()}
+    for stage in STAGES:
+        out[stage.name] = _creator(partial(_per_image, run, stage),
+                                   f"{stage.name}:<image>: {stage.summary}")
     return {f"task_{name}": fn for name, fn in out.items()}
 
 
@@ -295,4 +284,3 @@ def exit_on_config_error(fn: Callable[[], T]) -> T:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-

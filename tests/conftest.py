@@ -1,67 +1,22 @@
-"""Shared fixtures: the real VM helper appliance, and a small rootfs tarball with every kind
-of entry a faithful pack must keep (owners, special mode bits, xattrs incl.
-security.capability, hardlinks, symlinks, a fifo, device nodes, odd names, mtimes)."""
+"""Shared fixtures: the real VM helper appliance, and the rich rootfs tarball
+(tests/support/rootfs.py). Helpers live in tests/support/, never in test files."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
-import subprocess
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipeline.core.run import which
 from pipeline.store.entries import Store
 from pipeline.store.hashing import FileHashMemo
+from pipeline.store.layout import Layout
 from pipeline.vmhelper import appliance as appliance_mod
-
-VM_TOOLS = ("qemu-system-x86_64", "mkfs.btrfs", "btrfs", "busybox", "tar", "modprobe")
-
-# security.capability for cap_net_raw+ep: VFS_CAP_REVISION_2 | EFFECTIVE, permitted bit 13
-CAP_NET_RAW = (b"\x01\x00\x00\x02" + (1 << 13).to_bytes(4, "little") + bytes(12))
-
-
-def missing_vm_tools() -> list[str]:
-    missing = [t for t in VM_TOOLS if which(t) is None]
-    if not list(Path("/boot").glob("vmlinuz-*")):
-        missing.append("a kernel in /boot (linux-image-amd64)")
-    return missing
-
-
-def tool_missing(reason: str) -> None:
-    """Skip a test whose tool is missing; in CI (CI=true), where setup installs every tool,
-    fail it instead, so a skip can never pass for a test that ran."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@contextlib.contextmanager
-def small_tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `mountpoint` (made if missing), for full-disk tests."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mountpoint.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
-                   check=True)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
-
-
-def require_vm() -> None:
-    """Skip where the VM helper's tools are missing; in CI (CI=true) that is a failure."""
-    missing = missing_vm_tools()
-    if missing:
-        tool_missing(f"VM helper tools missing: {', '.join(missing)} "
-                     "(run `python3 -m pipeline.hostsetup --tests`)")
+from tests.support.rootfs import write_rich_rootfs
+from tests.support.tools import require_vm
 
 
 @pytest.fixture(scope="session")
@@ -77,88 +32,8 @@ def store_root() -> Iterator[Path]:
 def appliance(store_root: Path) -> appliance_mod.Appliance:
     """The real appliance for this host's kernel, built once per test session."""
     require_vm()
-    return appliance_mod.ensure(Store(store_root), None,
+    return appliance_mod.ensure(Store(Layout(store_root)), None,
                                 FileHashMemo(store_root / "filehash.json"))
-
-
-def _add(tf: tarfile.TarFile, name: str, kind: bytes, mode: int, *, uid: int = 0,
-         gid: int = 0, data: bytes = b"", link: str = "", mtime: int = 1_600_000_000,
-         dev: tuple[int, int] = (0, 0), xattrs: dict[str, bytes] | None = None) -> None:
-    ti = tarfile.TarInfo(name)
-    ti.type = kind
-    ti.mode = mode
-    ti.uid, ti.gid = uid, gid
-    ti.mtime = mtime
-    ti.linkname = link
-    ti.devmajor, ti.devminor = dev
-    if xattrs:
-        ti.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
-                          for k, v in xattrs.items()}
-    if kind == tarfile.REGTYPE:
-        ti.size = len(data)
-        tf.addfile(ti, io.BytesIO(data))
-    else:
-        tf.addfile(ti)
-
-
-def write_rich_rootfs(path: Path) -> Path:
-    """A plain tar, sorted with parents first, as the customize stage writes them."""
-    big = os.urandom(3 << 20)
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT,
-                      encoding="utf-8", errors="surrogateescape") as tf:
-        d, f, s = tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.SYMTYPE
-        _add(tf, "./", d, 0o755, mtime=1_700_000_000)
-        _add(tf, "./bin", s, 0o777, link="usr/bin", mtime=1_600_000_001)
-        _add(tf, "./dev/", d, 0o755, mtime=1_600_000_002)
-        _add(tf, "./dev/console", tarfile.CHRTYPE, 0o600, dev=(5, 1))
-        _add(tf, "./dev/loop0", tarfile.BLKTYPE, 0o660, gid=6, dev=(7, 0))
-        _add(tf, "./dev/null", tarfile.CHRTYPE, 0o666, dev=(1, 3))
-        _add(tf, "./etc/", d, 0o755, mtime=1_600_000_003)
-        _add(tf, "./etc/hostname", f, 0o644, data=b"fixture\n")
-        _add(tf, "./etc/locked", f, 0o000, data=b"nobody may read this\n")
-        _add(tf, "./etc/shadow", f, 0o640, gid=42, data=b"root:*:19000:0:99999:7:::\n")
-        _add(tf, "./home/", d, 0o755)
-        _add(tf, "./home/user/", d, 0o700, uid=1000, gid=1000, mtime=1_650_000_000)
-        _add(tf, "./home/user/.bashrc", f, 0o644, uid=1000, gid=1000, data=b"alias ll='ls -l'\n")
-        _add(tf, "./home/user/dir with space/", d, 0o755, uid=1000, gid=1000)
-        _add(tf, "./home/user/dir with space/ünïcödé ☃", f, 0o600, uid=1000, gid=1000,
-             data=b"snow\n")
-        _add(tf, "./home/user/link-to-bashrc", s, 0o777, uid=1000, gid=1000, link=".bashrc")
-        _add(tf, "./opt/", d, 0o755)
-        _add(tf, "./opt/readonly/", d, 0o555, mtime=1_600_000_010)
-        _add(tf, "./opt/readonly/file", f, 0o444, data=b"read only\n")
-        _add(tf, "./run/", d, 0o755)
-        _add(tf, "./run/initctl", tarfile.FIFOTYPE, 0o600, mtime=1_600_000_020)
-        _add(tf, "./tmp/", d, 0o1777)
-        _add(tf, "./usr/", d, 0o755)
-        _add(tf, "./usr/bin/", d, 0o755, mtime=1_600_000_030)
-        _add(tf, "./usr/bin/a", f, 0o755, data=b"#!/bin/sh\necho a\n")
-        _add(tf, "./usr/bin/b", tarfile.LNKTYPE, 0o755, link="./usr/bin/a")
-        _add(tf, "./usr/bin/c", tarfile.LNKTYPE, 0o755, link="./usr/bin/a")
-        _add(tf, "./usr/bin/noted", f, 0o644, data=b"with xattrs\n",
-             xattrs={"user.comment": b"hello", "user.binary": b"\x00\xff\x01"})
-        _add(tf, "./usr/bin/noted-link", tarfile.LNKTYPE, 0o644, link="./usr/bin/noted")
-        _add(tf, "./usr/bin/ping", f, 0o755, data=b"\x7fELF-not-really\n",
-             xattrs={"security.capability": CAP_NET_RAW})
-        _add(tf, "./usr/bin/su", f, 0o4755, data=b"setuid\n")
-        _add(tf, "./usr/bin/wall", f, 0o2755, gid=5, data=b"setgid\n")
-        _add(tf, "./usr/share/", d, 0o755)
-        _add(tf, "./usr/share/big", f, 0o644, data=big, mtime=1_234_567_890)
-        _add(tf, "./usr/share/empty", f, 0o644)
-        _add(tf, "./var/", d, 0o755)
-        _add(tf, "./var/mail/", d, 0o2775, gid=8)
-    return path
-
-
-def add_sbin_init(tarball: Path) -> Path:
-    """Append an executable /sbin/init to a plain tar (LXD requires one)."""
-    with tarfile.open(tarball, "a", format=tarfile.PAX_FORMAT) as tf:
-        for name, kind, data in (("./sbin", tarfile.DIRTYPE, b""),
-                                 ("./sbin/init", tarfile.REGTYPE, b"#!/bin/sh\n")):
-            ti = tarfile.TarInfo(name)
-            ti.type, ti.mode, ti.mtime, ti.size = kind, 0o755, 1_600_000_000, len(data)
-            tf.addfile(ti, io.BytesIO(data))
-    return tarball
 
 
 @pytest.fixture

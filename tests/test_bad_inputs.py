@@ -3,7 +3,7 @@
 Each case runs the real entry (the config loader and the stage functions in process, or
 `doit` as a subprocess for a few), expects a PipelineError (or a non-zero exit) whose message
 names the cause, and then checks that the failing stage left no store entry, no half-built
-`.tmp` entry and no temporary files. The rules for tarballs are in pipeline/tarballs.py
+`.tmp` entry and no temporary files. The rules for tarballs are in pipeline/core/tarballs.py
 (TreeRules) and the README's "Rootfs tarballs" section.
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config
-from pipeline import stages as build
+from pipeline import config, stages
 from pipeline.core.errors import PipelineError
+from tests.support.projects import lxc_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("base", "rootfs", "lxc", "pack", "baguette")  # a case fails in one (or before)
@@ -338,14 +338,14 @@ def _in_process(project: Path, case: Case, monkeypatch: pytest.MonkeyPatch) -> s
         monkeypatch.setenv(k, v.format(project=project))
     with pytest.raises(PipelineError) as err:
         cfg = config.load(project / "images.toml")
-        ctx = build.Context(cfg, build.source_date_epoch())
+        ctx = stages.open_run(cfg, config.source_date_epoch())
         image = cfg.image("first")
-        build.base(ctx, image)
-        build.rootfs(ctx, image)
+        stages.build(ctx, stages.BASE, image)
+        stages.build(ctx, stages.ROOTFS, image)
         if case.stage == "pack":
-            build.raw_image(ctx, image)
+            stages.build(ctx, stages.PACK, image)
         else:
-            build.lxc_image(ctx, image)
+            lxc_outputs(ctx, image)
     return str(err.value)
 
 
@@ -459,10 +459,10 @@ def _rootfs_of(project: Path, tarball: bytes) -> dict[str, tuple[tarfile.TarInfo
     (project / "rootfs.tar").write_bytes(tarball)
     (project / "images.toml").write_text(toml()(project))
     cfg = config.load(project / "images.toml")
-    ctx = build.Context(cfg, 1_700_000_000)
+    ctx = stages.open_run(cfg, 1_700_000_000)
     image = cfg.image("first")
-    build.base(ctx, image)
-    out = build.rootfs(ctx, image)
+    stages.build(ctx, stages.BASE, image)
+    out = (stages.build(ctx, stages.ROOTFS, image) / "rootfs.tar")
     with tarfile.open(out, encoding="utf-8", errors="surrogateescape") as tf:
         return {m.name: (m, tf.extractfile(m).read() if m.isreg() else b"")  # type: ignore[union-attr]
                 for m in tf.getmembers()}

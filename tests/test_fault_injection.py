@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config
-from pipeline import stages as build
+from pipeline import config, stages
 from pipeline.core.errors import PipelineError
 from pipeline.lxc import image as lxc
 from pipeline.store import fsck
-from pipeline.store.entries import INPUTS_FILE, Store, verify
+from pipeline.store.entries import problems as verify
 from pipeline.store.hashing import sha256_file
-from tests.conftest import add_sbin_init, require_vm, write_rich_rootfs
+from pipeline.store.layout import INPUTS_FILE
+from tests.support.rootfs import add_sbin_init, write_rich_rootfs
+from tests.support.tools import require_vm
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 20261124
@@ -153,8 +154,8 @@ def test_killed_at_random_moments_then_rerun(tmp_path: Path) -> None:
     proc = start(project, log)
     assert proc.wait() == 0, log.read_text()[-3000:]
     entries = check_store(artifacts)
-    published = artifacts / "first" / build.IMAGE_NAME
-    recorded = (artifacts / "first" / f"{build.IMAGE_NAME}.sha256").read_text().split()[0]
+    published = artifacts / "first" / stages.IMAGE_NAME
+    recorded = (artifacts / "first" / f"{stages.IMAGE_NAME}.sha256").read_text().split()[0]
     assert sha256_file(published) == recorded
     out = artifacts / "first" / "lxc"
     assert lxc.fingerprint(out / "metadata.tar.xz", out / "rootfs.tar.xz") == \
@@ -177,35 +178,36 @@ def test_damaged_entry_is_rebuilt_on_reuse(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     write_project(tmp_path)
     cfg = config.load(tmp_path / "images.toml")
-    ctx = build.Context(cfg, None)
+    ctx = stages.open_run(cfg, None)
     image = cfg.image("first")
-    base = build.base(ctx, image)
+    base = (stages.build(ctx, stages.BASE, image) / "base.tar")
     good = base.read_bytes()
     with open(base, "r+b") as f:  # bit rot in a small file (rootfs.tar is ~3.5 MiB: sized)
         f.truncate(len(good) - 512)
-    again = build.Context(cfg, None)
-    assert not again.store.intact(again.base_inputs(image))  # doit's uptodate: run base
-    build.base(again, image)
+    again = stages.open_run(cfg, None)
+    # doit's uptodate says: run base
+    assert not again.store.intact(stages.key(again, stages.BASE, image))
+    stages.build(again, stages.BASE, image)
     assert "is damaged (base.tar has" in capsys.readouterr().err
     assert base.read_bytes() == good and verify(base.parent) == []
-    assert build.rootfs(again, image).is_file()
+    assert (stages.build(again, stages.ROOTFS, image) / "rootfs.tar").is_file()
 
 
 def test_fsck_finds_same_size_damage_and_removes_the_entry(tmp_path: Path) -> None:
     write_project(tmp_path)
     cfg = config.load(tmp_path / "images.toml")
-    ctx = build.Context(cfg, None)
+    ctx = stages.open_run(cfg, None)
     image = cfg.image("first")
-    build.base(ctx, image)
-    rootfs = build.rootfs(ctx, image)
-    assert fsck.check_store(ctx) == 2
+    stages.build(ctx, stages.BASE, image)
+    rootfs = (stages.build(ctx, stages.ROOTFS, image) / "rootfs.tar")
+    assert fsck.check_store(ctx.store) == 2
     with open(rootfs, "r+b") as f:
         f.seek(5000)
         f.write(b"\xff")
     with pytest.raises(PipelineError, match="1 damaged store entries were removed: rootfs/"):
-        fsck.check_store(ctx)
-    assert sorted(Store(ctx.root).entries()) == ["base", "rootfs"]
-    assert Store(ctx.root).entries()["rootfs"] == []
+        fsck.check_store(ctx.store)
+    assert sorted(ctx.store.entries()) == ["base", "rootfs"]
+    assert ctx.store.entries()["rootfs"] == []
 
 
 def test_doit_state_cut_short_does_not_stop_the_next_run(tmp_path: Path) -> None:

@@ -19,12 +19,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Accel
 from ..core.errors import GuestError
 from ..core.fsutil import work_tempdir
 from ..core.run import run
-from ..vmhelper.appliance import Appliance
-from ..vmhelper.qemu import Disk, boot
+from ..vmhelper.qemu import Disk, Guest
 
 TOOLS_LABEL = "cros-vm-tools"
 KERNEL_ARGS = "root=/dev/vdb rw net.ifnames=0"
@@ -80,8 +78,7 @@ def parse_os_release(console: str) -> dict[str, str]:
     return out
 
 
-def boot_image(zst: Path, *, appliance: Appliance, accel: Accel, timeout: float,
-               log_path: Path, work_dir: Path, memory_mib: int = 1024) -> BootResult:
+def boot_image(zst: Path, guest: Guest, *, log_path: Path, work_dir: Path) -> BootResult:
     """Boot the compressed image `zst`; raise GuestError unless its init ran the command."""
     tmp = work_tempdir(work_dir, "boot")
     try:
@@ -94,10 +91,8 @@ def boot_image(zst: Path, *, appliance: Appliance, accel: Accel, timeout: float,
                    "systemd.run_success_action=poweroff "
                    "systemd.run_failure_action=poweroff systemd.default_standard_output=tty "
                    "systemd.show_status=0")
-        result = boot(appliance, accel,
-                      [Disk(tools, TOOLS_LABEL, readonly=True), Disk(rootfs, "rootfs")],
-                      cmdline, log_path=log_path, timeout=timeout, memory_mib=memory_mib,
-                      what="boot test")
+        result = guest.boot([Disk(tools, TOOLS_LABEL, readonly=True), Disk(rootfs, "rootfs")],
+                            cmdline, log_path=log_path, what="boot test")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     release = parse_os_release(result.console)
@@ -109,3 +104,14 @@ def boot_image(zst: Path, *, appliance: Appliance, accel: Accel, timeout: float,
             console_log=str(log_path))
     mounted = re.search(r"/opt/google/cros-containers\s+/dev/vda\s+ext4\s+ro\b", result.console)
     return BootResult(release, mounted is not None, result.seconds, log_path)
+
+
+def require_tools_mount(result: BootResult) -> None:
+    """The image's own units mounted the tools disk read-only where ChromeOS expects it."""
+    if not result.tools_mounted:
+        raise GuestError(
+            f"boot test: the image did not mount the cros-vm-tools disk read-only at "
+            f"/opt/google/cros-containers (console log: {result.log_path})",
+            hint="ChromeOS's tools (vshd, maitred) come from that disk; see the "
+            "mount unit's messages in the console log",
+            console_log=str(result.log_path))

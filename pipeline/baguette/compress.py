@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..core.fsutil import atomic_path
 from ..core.log import progress
+from ..store.keys import StageInputs
 
 VERSION = 1
 CHUNK = 4 << 20
@@ -34,6 +35,11 @@ def data_segments(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
         hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
         yield data, hole - data, True
         pos = hole
+
+
+def inputs(pack_key: str, level: int) -> StageInputs:
+    """The compress stage's key: the raw image's, and the zstd level compress() takes."""
+    return StageInputs("baguette", VERSION, {"pack": pack_key, "level": level})
 
 
 def compress(image: Path, out: Path, *, level: int, threads: int = -1) -> int:

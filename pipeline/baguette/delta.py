@@ -15,11 +15,9 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Accel
 from ..core.run import run
 from ..core.tarballs import member_path, members, open_plain, rewrite
-from ..vmhelper.appliance import Appliance
-from ..vmhelper.qemu import Disk, boot
+from ..vmhelper.qemu import Disk, Guest
 
 MAX_CHANGED_FRACTION = 0.25  # past this a full pack is about as fast and keeps no cruft
 
@@ -107,9 +105,8 @@ def write_job(delta: Delta, new: Path, job: Path) -> None:
     inner.unlink()
 
 
-def apply(previous_image: Path, image: Path, delta: Delta, new_rootfs: Path, *,
-          appliance: Appliance, accel: Accel, timeout: float, memory_mib: int,
-          log_path: Path, work: Path, clock: int | None = None) -> None:
+def apply(previous_image: Path, image: Path, delta: Delta, new_rootfs: Path, guest: Guest,
+          *, log_path: Path, work: Path) -> None:
     run(["cp", "--reflink=auto", "--sparse=always", previous_image, image],
         hint="copying the previous image failed; is the disk full?")
     if not delta.changed and not delta.deleted:
@@ -117,8 +114,8 @@ def apply(previous_image: Path, image: Path, delta: Delta, new_rootfs: Path, *,
     job = work / "delta-job.tar"
     write_job(delta, new_rootfs, job)
     try:
-        boot(appliance, accel, [Disk(image, "image"), Disk(job, "job", readonly=True)],
-             "appliance.mode=delta", log_path=log_path, timeout=timeout,
-             memory_mib=memory_mib, what="delta update", expect="UPDATED", clock=clock)
+        guest.boot([Disk(image, "image"), Disk(job, "job", readonly=True)],
+                   "appliance.mode=delta", log_path=log_path, what="delta update",
+                   expect="UPDATED")
     finally:
         job.unlink(missing_ok=True)

@@ -31,20 +31,44 @@ import tarfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from ..config import Accel
 from ..core.errors import PipelineError
 from ..core.fsutil import work_tempdir
 from ..core.log import info, progress, step
 from ..core.run import require_version, run
-from ..core.tarballs import checked_members, copy_range, open_plain, plain_tar
-from ..vmhelper.appliance import Appliance
-from ..vmhelper.qemu import Disk, boot
+from ..core.tarballs import (
+    checked_members,
+    copy_range,
+    member_path,
+    open_plain,
+    plain_tar,
+    safe_name,
+)
+from ..store.keys import StageInputs
+from ..vmhelper.qemu import Disk, Guest
 
 VERSION = 2  # 2: the filesystem UUID comes from the key; the guest clock from SOURCE_DATE_EPOCH
 SUBVOL = "rootfs_subvol"
 COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    """What shapes the image besides its tree: the btrfs label, a fixed size (None: the
+    content + slack, rounded up to a MiB)."""
+
+    label: str
+    size: int | None
+    slack: int
+
+
+def inputs(rootfs_key: str, appliance_key: str, opts: PackOptions) -> StageInputs:
+    """The pack stage's key: the rootfs, the VM helper, and the options pack() takes."""
+    return StageInputs("pack", VERSION, {
+        "rootfs": rootfs_key, "appliance": appliance_key,
+        "label": opts.label, "size": opts.size, "slack": opts.slack,
+    })
 
 
 @dataclass
@@ -58,17 +82,8 @@ class Staged:
     modes: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     special: list[tarfile.TarInfo] = field(default_factory=list)
     special_names: set[str] = field(default_factory=set)
-    dirs: dict[str, tarfile.TarInfo] = field(default_factory=dict)
-
-
-def _clean_name(name: str) -> str:
-    """'./usr/bin/' -> 'usr/bin'; '.' and './' -> ''. Refuses escaping names."""
-    p = PurePosixPath(name)
-    parts = [x for x in p.parts if x not in (".", "/")]
-    if p.is_absolute() or ".." in parts:
-        raise PipelineError(f"tarball entry {name!r} escapes the root",
-                            hint="the rootfs tarball must hold relative paths without '..'")
-    return "/".join(parts)
+    dirs: dict[str, tarfile.TarInfo] = field(default_factory=dict)  # "" is the root
+    regular: set[str] = field(default_factory=set)  # names of regular files (link targets)
 
 
 def _host_mode(info_: tarfile.TarInfo) -> int:
@@ -84,82 +99,22 @@ def extract(tarball: Path, tree: Path) -> Staged:
     can), so the cost is the filesystem's, not Python's.
     """
     staged = Staged(tree)
-    uid, gid = os.getuid(), os.getgid()
-    known_dirs = {""}
-    regular: dict[str, tarfile.TarInfo] = {}
+    owner = (os.getuid(), os.getgid())
     tf = open_plain(tarball)
     src_fd = tf.fileobj.fileno()  # type: ignore[union-attr,attr-defined]
-    size = tarball.stat().st_size
-    with tf, progress(size, "extracting") as bar:
+    with tf, progress(tarball.stat().st_size, "extracting") as bar:
         done = 0
         for m in checked_members(tf, tarball):
-            name = _clean_name(m.name)
+            name = safe_name(m.name, tarball)
             parent = name.rpartition("/")[0]
-            if parent not in known_dirs:
+            if parent and parent not in staged.dirs:
                 raise PipelineError(
                     f"tarball entry {m.name!r} comes before its directory or lies under a "
                     "symlink or file",
                     hint="normalise the tarball first (the customize stage does)")
             staged.entries += 1
-            path = tree / name if name else tree
-            if m.isdir():
-                if name:
-                    _clear(path, keep_dir=True)
-                    path.mkdir(exist_ok=True)
-                known_dirs.add(name)
-                staged.dirs[name] = m
-                os.chmod(path, _host_mode(m))
-            elif m.isreg():
-                _clear(path)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                try:
-                    copy_range(src_fd, fd, m.offset_data, m.size)
-                    os.fchmod(fd, _host_mode(m))
-                    os.utime(fd, (m.mtime, m.mtime))
-                finally:
-                    os.close(fd)
-                staged.content_bytes += m.size
-                regular[name] = m
-            elif m.issym():
-                _clear(path)
-                os.symlink(m.linkname, path)
-                os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
-            elif m.islnk():
-                target = _clean_name(m.linkname)
-                if target not in regular:
-                    raise PipelineError(
-                        f"tarball entry {m.name!r} is a hardlink to {m.linkname!r}, which is "
-                        "not a regular file earlier in the archive",
-                        hint="the tarball is malformed")
-                _clear(path)
-                os.link(tree / target, path)
-                if target in staged.special_names:
-                    staged.special.append(m)
-                    staged.special_names.add(name)
-                continue  # the inode's metadata is its first name's
-            elif m.isfifo():
-                _clear(path)
-                os.mkfifo(path, 0o600)
-                os.chmod(path, _host_mode(m))
-                os.utime(path, (m.mtime, m.mtime))
-            elif m.ischr() or m.isblk():
-                staged.special.append(m)
-                staged.special_names.add(name)
-                continue
-            else:
-                raise PipelineError(f"tarball entry {m.name!r} has an unsupported type "
-                                    f"{m.type!r}", hint="remove it from the rootfs")
-
-            if any(k.startswith("SCHILY.xattr.") for k in m.pax_headers):
-                staged.special.append(m)
-                staged.special_names.add(name)
-            owner = (m.uid, m.gid)
-            chowned = owner != (uid, gid)
-            if chowned:
-                staged.owners[owner].append(name or ".")
-            if not m.issym() and (_host_mode(m) != m.mode & 0o7777
-                                  or (chowned and m.mode & 0o6000)):
-                staged.modes[m.mode & 0o7777].append(name or ".")
+            if _write(m, name, tree / name if name else tree, staged, src_fd):
+                _note_metadata(staged, m, name, owner)
             if m.offset_data - done > 1 << 24:
                 bar.update(m.offset_data - done)
                 done = m.offset_data
@@ -167,6 +122,76 @@ def extract(tarball: Path, tree: Path) -> Staged:
     for name, m in staged.dirs.items():
         os.utime(tree / name if name else tree, (m.mtime, m.mtime))
     return staged
+
+
+def _write(m: tarfile.TarInfo, name: str, path: Path, staged: Staged, src_fd: int) -> bool:
+    """Create one member on the host; False for a member whose metadata is another's (a
+    hardlink) or that the guest makes (a device node)."""
+    if m.isdir():
+        if name:
+            _clear(path, keep_dir=True)
+            path.mkdir(exist_ok=True)
+        staged.dirs[name] = m
+        os.chmod(path, _host_mode(m))
+        return True
+    if m.ischr() or m.isblk():
+        _special(staged, m, name)
+        return False
+    if m.islnk():
+        _hardlink(m, name, path, staged)
+        return False
+    _clear(path)
+    if m.isreg():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            copy_range(src_fd, fd, m.offset_data, m.size)
+            os.fchmod(fd, _host_mode(m))
+            os.utime(fd, (m.mtime, m.mtime))
+        finally:
+            os.close(fd)
+        staged.content_bytes += m.size
+        staged.regular.add(name)
+    elif m.issym():
+        os.symlink(m.linkname, path)
+        os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
+    elif m.isfifo():
+        os.mkfifo(path, 0o600)
+        os.chmod(path, _host_mode(m))
+        os.utime(path, (m.mtime, m.mtime))
+    else:
+        raise PipelineError(f"tarball entry {m.name!r} has an unsupported type {m.type!r}",
+                            hint="remove it from the rootfs")
+    return True
+
+
+def _hardlink(m: tarfile.TarInfo, name: str, path: Path, staged: Staged) -> None:
+    target = member_path(m.linkname)
+    if target not in staged.regular:
+        raise PipelineError(
+            f"tarball entry {m.name!r} is a hardlink to {m.linkname!r}, which is not a "
+            "regular file earlier in the archive", hint="the tarball is malformed")
+    _clear(path)
+    os.link(staged.tree / target, path)
+    if target in staged.special_names:
+        _special(staged, m, name)
+
+
+def _special(staged: Staged, m: tarfile.TarInfo, name: str) -> None:
+    staged.special.append(m)
+    staged.special_names.add(name)
+
+
+def _note_metadata(staged: Staged, m: tarfile.TarInfo, name: str,
+                   host_owner: tuple[int, int]) -> None:
+    """What the guest must set on a member the host wrote: xattrs, owner, mode bits."""
+    if any(k.startswith("SCHILY.xattr.") for k in m.pax_headers):
+        _special(staged, m, name)
+    owner = (m.uid, m.gid)
+    chowned = owner != host_owner
+    if chowned:
+        staged.owners[owner].append(name or ".")
+    if not m.issym() and (_host_mode(m) != m.mode & 0o7777 or (chowned and m.mode & 0o6000)):
+        staged.modes[m.mode & 0o7777].append(name or ".")
 
 
 def _clear(path: Path, keep_dir: bool = False) -> None:
@@ -201,19 +226,19 @@ def write_job(staged: Staged, label: str, job: Path) -> None:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as st:
             # the root's metadata too: the snapshot made it the subvolume's root anew
-            parents = {""} | {_clean_name(m.name).rpartition("/")[0] for m in staged.special}
+            parents = {""} | {member_path(m.name).rpartition("/")[0] for m in staged.special}
             for name in sorted(parents):
                 d = staged.dirs.get(name)
                 if d is not None:
                     st.addfile(_renamed(d, name or "."))
             for m in staged.special:
-                name = _clean_name(m.name)
+                name = member_path(m.name)
                 if m.isreg():
                     with open(staged.tree / name, "rb") as f:
                         st.addfile(_renamed(m, name), f)
                 elif m.islnk():
                     link = _renamed(m, name)
-                    link.linkname = _clean_name(m.linkname)
+                    link.linkname = member_path(m.linkname)
                     st.addfile(link)
                 else:
                     st.addfile(_renamed(m, name))
@@ -254,12 +279,10 @@ def plan_size(content: int, fixed: int | None, slack: int) -> int:
     return (total + (1 << 20) - 1) // (1 << 20) << 20
 
 
-def pack(tarball: Path, image: Path, *, label: str, fixed_size: int | None, slack: int,
-         appliance: Appliance, accel: Accel, timeout: float, memory_mib: int,
-         log_path: Path, work_dir: Path, fsid: str | None = None,
-         clock: int | None = None) -> dict[str, float]:
+def pack(tarball: Path, image: Path, opts: PackOptions, guest: Guest, *, log_path: Path,
+         work_dir: Path, fsid: str | None = None) -> dict[str, float]:
     """The pack stage: rootfs tarball -> raw btrfs image at `image`. `fsid` fixes the
-    filesystem UUID; `clock` starts the guest's clock there (SOURCE_DATE_EPOCH).
+    filesystem UUID.
 
     Returns sizes in bytes and each phase's seconds (extract_s, mkfs_s, guest_s).
     """
@@ -275,18 +298,17 @@ def pack(tarball: Path, image: Path, *, label: str, fixed_size: int | None, slac
                  f"{len(staged.special)} special")
         t1 = time.monotonic()
         with step("mkfs.btrfs --rootdir"):
-            content = mkfs(tree, image, label, fsid)
-            size = plan_size(content, fixed_size, slack)
+            content = mkfs(tree, image, opts.label, fsid)
+            size = plan_size(content, opts.size, opts.slack)
             os.truncate(image, size)
             info(f"content {content / 2**20:.0f} MiB, image {size / 2**20:.0f} MiB (sparse)")
         job = work / "job.tar"
-        write_job(staged, label, job)
+        write_job(staged, opts.label, job)
         shutil.rmtree(tree)
         t2 = time.monotonic()
-        with step(f"Fixing up in the guest ({accel.value})"):
-            boot(appliance, accel, [Disk(image, "image"), Disk(job, "job", readonly=True)],
-                 "appliance.mode=pack", log_path=log_path, timeout=timeout,
-                 memory_mib=memory_mib, what="pack", expect="PACKED", clock=clock)
+        with step(f"Fixing up in the guest ({guest.accel.value})"):
+            guest.boot([Disk(image, "image"), Disk(job, "job", readonly=True)],
+                       "appliance.mode=pack", log_path=log_path, what="pack", expect="PACKED")
         t3 = time.monotonic()
         return {"content_bytes": content, "image_bytes": size,
                 "allocated_bytes": image.stat().st_blocks * 512,

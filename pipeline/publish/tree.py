@@ -35,15 +35,14 @@ from ..core.errors import PipelineError
 from ..core.fsutil import atomic_dir, atomic_write_bytes, fsync_dir, link_or_copy
 from ..core.log import info, step
 from ..lxc.image import fingerprint as lxc_fingerprint
-from ..rootfs import facts as rootfs_facts
-from ..stages import IMAGE_NAME, Context, build_facts, lxc_files
+from ..stages import BAGUETTE, IMAGE_NAME, LXC, Run, built_entry, lxc_files
 from ..store.hashing import sha256_file
 from . import simplestreams as ss
+from .manifest import manifest
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
 IMAGES_DIR = "images"
-STAGES = ("base", "rootfs", "pack", "baguette", "lxc")
 
 
 @dataclass(frozen=True)
@@ -61,82 +60,17 @@ def version_name(when: datetime.datetime) -> str:
 # --- what one image has built -------------------------------------------------------------
 
 
-def _entry_if_built(ctx: Context, image: Image, stage: str) -> Path | None:
-    """The store entry of `stage` for the image as configured now, if it is built."""
-    inputs = {"base": ctx.base_inputs, "rootfs": ctx.rootfs_inputs, "pack": ctx.pack_inputs,
-              "baguette": ctx.baguette_inputs, "lxc": ctx.lxc_inputs}[stage]
-    try:
-        si = inputs(image)
-    except PipelineError:  # e.g. no kernel for the VM helper: nothing was packed here
-        return None
-    return ctx.store.path(si) if ctx.store.has(si) else None
-
-
-def built_files(ctx: Context, image: Image) -> dict[str, Path]:
+def built_files(run: Run, image: Image) -> dict[str, Path]:
     """The image's outputs in the store, by their published name ({} if none is built)."""
     files: dict[str, Path] = {}
-    bag = _entry_if_built(ctx, image, "baguette")
+    bag = built_entry(run, BAGUETTE, image)
     if bag is not None:
         files[IMAGE_NAME] = bag / IMAGE_NAME
-    lxc = _entry_if_built(ctx, image, "lxc")
+    lxc = built_entry(run, LXC, image)
     if lxc is not None:
-        for name in lxc_files(ctx, image):
+        for name in lxc_files(lxc):
             files[name] = lxc / name
     return files
-
-
-def manifest(ctx: Context, image: Image, version: str,
-             files: dict[str, tuple[str, int]]) -> dict[str, Any]:
-    """manifest.json of one version: source and key, every stage's key and build record,
-    sizes, accelerator, build time, packages, setuid/setgid files and capabilities."""
-    stages: dict[str, Any] = {}
-    for stage in STAGES:
-        entry = _entry_if_built(ctx, image, stage)
-        if entry is None:
-            continue
-        record = build_facts(entry)
-        stages[stage] = {"key": entry.name, **record}
-    base = ctx.base_inputs(image)
-    rootfs = ctx.rootfs_tarball(image)
-    if not rootfs.is_file():
-        raise PipelineError(f"{image.name}: the rootfs tarball is no longer in the store",
-                            hint=f"run `doit rootfs:{image.name}` again, then publish")
-    facts = rootfs_facts.read(rootfs)
-    sizes: dict[str, Any] = {name: size for name, (_digest, size) in sorted(files.items())}
-    raw = ctx.raw_image(image) if "pack" in stages else None
-    if raw is not None and raw.is_file() and IMAGE_NAME in files:
-        st = raw.stat()
-        sizes["baguette"] = {"compressed": files[IMAGE_NAME][1], "uncompressed": st.st_size,
-                             "allocated": st.st_blocks * 512}
-    durations = [s["seconds"] for s in stages.values() if isinstance(s.get("seconds"), float | int)]
-    lxc_entry = _entry_if_built(ctx, image, "lxc")
-    lxc: dict[str, Any] | None = None
-    if lxc_entry is not None:
-        release = image.lxc.release or facts.os_release.get("VERSION_CODENAME") \
-            or facts.os_release.get("VERSION_ID") or "current"
-        lxc = {"fingerprint": (lxc_entry / "fingerprint").read_text().strip(),
-               "files": lxc_files(ctx, image),
-               "os": facts.os_release.get("NAME") or facts.os_release.get("ID") or "Linux",
-               "release": release, "variant": image.lxc.variant}
-    return {
-        "image": image.name,
-        "version": version,
-        "arch": image.arch,
-        "description": image.description,
-        "source": {"kind": image.source.value, "key": base.key, **base.inputs},
-        "stages": stages,
-        "accel": stages.get("pack", {}).get("accel"),
-        "build_seconds": round(sum(durations), 3) if durations else None,
-        "files": {name: {"sha256": digest, "size": size}
-                  for name, (digest, size) in sorted(files.items())},
-        "sizes": sizes,
-        "lxc": lxc,
-        "os_release": facts.os_release,
-        "packages": facts.packages,
-        "setuid": facts.setuid,
-        "setgid": facts.setgid,
-        "capabilities": facts.capabilities,
-    }
 
 
 # --- laying out the tree ------------------------------------------------------------------
@@ -166,12 +100,12 @@ def _sums(lines: dict[str, str]) -> bytes:
     return "".join(f"{digest}  {name}\n" for name, digest in sorted(lines.items())).encode()
 
 
-def _write_version(ctx: Context, image: Image, target: Path, version: str,
+def _write_version(run: Run, image: Image, target: Path, version: str,
                    files: dict[str, Path], hashes: dict[str, tuple[str, int]]) -> None:
     with atomic_dir(target) as tmp:
         for name, src in files.items():
             link_or_copy(src, tmp / name)
-        doc = manifest(ctx, image, version, hashes)
+        doc = manifest(run, image, version, hashes)
         (tmp / MANIFEST).write_bytes(ss.dumps(doc))
         sums = {name: digest for name, (digest, _size) in hashes.items()}
         sums[MANIFEST] = sha256_file(tmp / MANIFEST)
@@ -215,13 +149,13 @@ def _products(root: Path, version_dirs: list[Path]) -> list[ss.Product]:
     return list(products.values())
 
 
-def publish(ctx: Context, now: datetime.datetime | None = None) -> Published:
+def publish(run: Run, now: datetime.datetime | None = None) -> Published:
     """Publish the configured images' built outputs into `publish.dir`."""
-    opts = ctx.config.publish
+    opts = run.config.publish
     root = opts.dir
     version = version_name(now or datetime.datetime.now(datetime.UTC))
-    todo = [(image, built_files(ctx, image))
-            for image in (ctx.config.image(n) for n in opts.images)]
+    todo = [(image, built_files(run, image))
+            for image in (run.config.image(n) for n in opts.images)]
     for image, files in todo:
         if not files:
             info(f"{image.name}: nothing built for the current config, not published")
@@ -234,11 +168,11 @@ def publish(ctx: Context, now: datetime.datetime | None = None) -> Published:
     newest: dict[str, str] = {}
     new: list[str] = []
     with step(f"Publishing {', '.join(i.name for i, _ in todo)} into {root}"), \
-            _lock(ctx.cache_dir / "publish.lock"):
+            _lock(run.layout.cache / "publish.lock"):
         for image, files in todo:
             image_dir = root / IMAGES_DIR / image.name / image.arch
             _remove_leftovers(image_dir)
-            hashes = {name: (ctx.memo.sha256(src), src.stat().st_size)
+            hashes = {name: (run.memo.sha256(src), src.stat().st_size)
                       for name, src in files.items()}
             existing = _versions(image_dir)
             if existing:
@@ -254,12 +188,12 @@ def publish(ctx: Context, now: datetime.datetime | None = None) -> Published:
                 shutil.rmtree(trash, ignore_errors=True)
                 os.rename(target, trash)
                 shutil.rmtree(trash)
-            _write_version(ctx, image, target, version, files, hashes)
+            _write_version(run, image, target, version, files, hashes)
             info(f"{image.name}: new version {version} ({', '.join(sorted(files))})")
             newest[image.name] = version
             new.append(image.name)
-        ctx.memo.save()
-        removed = _write_index(ctx, root, opts.keep)
+        run.memo.save()
+        removed = _write_index(run, root, opts.keep)
     return Published(root, newest, new, removed)
 
 
@@ -282,7 +216,7 @@ def _remove_leftovers(image_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _write_index(ctx: Context, root: Path, keep: int) -> list[str]:
+def _write_index(run: Run, root: Path, keep: int) -> list[str]:
     """Rewrite the index and SHA256SUMS over the newest `keep` versions of every image in
     the tree, then remove the older ones."""
     kept: list[Path] = []
@@ -300,8 +234,8 @@ def _write_index(ctx: Context, root: Path, keep: int) -> list[str]:
     dropped_rel = [d.relative_to(root).as_posix() for d in dropped]
     listed = [rel for rel in _tree_files(root)
               if not any(rel.startswith(d + "/") for d in dropped_rel)]
-    atomic_write_bytes(root / SUMS, _sums({rel: ctx.memo.sha256(root / rel) for rel in listed}))
-    ctx.memo.save()
+    atomic_write_bytes(root / SUMS, _sums({rel: run.memo.sha256(root / rel) for rel in listed}))
+    run.memo.save()
     for d in dropped:
         trash = d.with_name(f".{d.name}.old")
         os.rename(d, trash)
@@ -333,7 +267,7 @@ def _read_sums(path: Path) -> dict[str, str]:
     return out
 
 
-def verify(root: Path) -> Verified:
+def verify_tree(root: Path) -> Verified:
     """Re-read the published tree at `root`: every file against SHA256SUMS (the top-level
     one and each version's), the index against the files (paths, sizes, hashes, LXD's
     fingerprints) and the manifests. Every file is read in full (no hash memo: a tampered

@@ -27,9 +27,9 @@ from ..config import Image, SourceKind
 from ..core.errors import ConfigError, PipelineError
 from ..core.fsutil import atomic_path, work_tempdir
 from ..core.log import info, step
-from ..core.tarballs import TarWriter, checked_members, open_plain, plain_tar, shown
-from ..store.entries import StageInputs
-from ..store.hashing import FileHashMemo, tree_manifest
+from ..core.tarballs import TarWriter, checked_members, open_plain, plain_tar, safe_name, shown
+from ..store.hashing import FileHashMemo, tree_digests
+from ..store.keys import StageInputs
 from . import integration, secrets
 
 VERSION = 2
@@ -40,7 +40,7 @@ def inputs(image: Image, base_key: str, source_date_epoch: int | None,
     overlay = not nixos(image)
     return StageInputs("rootfs", VERSION, {
         "base": base_key,
-        "dotfiles": tree_manifest(image.dotfiles, memo) if image.dotfiles else {},
+        "dotfiles": tree_digests(image.dotfiles, memo) if image.dotfiles else {},
         "user": image.user if overlay else None,
         "uid": image.uid if overlay else None,
         "hostname": image.hostname if overlay else None,
@@ -66,14 +66,6 @@ class Entry:
     path: Path | None = None  # or a host file
 
 
-def _norm(name: str) -> str:
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts or name.startswith("/"):
-        raise PipelineError(f"base rootfs entry {name!r} escapes the root",
-                            hint="the tarball must hold relative paths without '..'")
-    return "/".join(parts)
-
-
 def _read_base(base: Path) -> tuple[dict[str, Entry], int]:
     """Members of the plain tar `base` by normalised name (the last duplicate wins)."""
     entries: dict[str, Entry] = {}
@@ -81,9 +73,9 @@ def _read_base(base: Path) -> tuple[dict[str, Entry], int]:
     tf = open_plain(base)
     with tf:
         for m in checked_members(tf, base):
-            name = _norm(m.name)
+            name = safe_name(m.name, base)
             if m.islnk():
-                m.linkname = _norm(m.linkname)
+                m.linkname = safe_name(m.linkname, base, "hardlink target")
             entries[name] = Entry(m, offset=m.offset_data if m.isreg() else None)
             newest = max(newest, int(m.mtime))
     return entries, newest

@@ -5,14 +5,14 @@ capabilities (the `security.capability` xattr, decoded to `cap_net_raw+ep` form)
 
 from __future__ import annotations
 
-import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import PipelineError
 from ..core.tarballs import member_path, members, open_plain
-from ..lxc.image import resolve
+from ..core.tartree import read_text, resolve
 
 # linux/capability.h, by bit number
 CAPS = (
@@ -70,6 +70,45 @@ def parse_dpkg_status(text: str) -> list[dict[str, str]]:
     return sorted(out, key=lambda p: (p["name"], p["architecture"]))
 
 
+def parse_os_release(text: str) -> dict[str, str]:
+    """os-release's KEY=value lines (quotes removed)."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def os_release(rootfs: Path, entries: dict[str, tarfile.TarInfo]) -> dict[str, str]:
+    """The tree's os-release (/etc/os-release, else /usr/lib/os-release); {} if none."""
+    for path in ("etc/os-release", "usr/lib/os-release"):
+        text = read_text(rootfs, entries, path)
+        if text is not None:
+            return parse_os_release(text)
+    return {}
+
+
+def os_name(release: dict[str, str]) -> str:
+    return release.get("NAME") or release.get("ID") or "Linux"
+
+
+def release_name(configured: str, release: dict[str, str]) -> str:
+    """The image's release as LXD and the published index show it: the configured one, else
+    the codename, else the version from os-release."""
+    return configured or release.get("VERSION_CODENAME") or release.get("VERSION_ID") \
+        or "current"
+
+
+def require_init(entries: dict[str, tarfile.TarInfo]) -> None:
+    """Refuse a tree without an executable /sbin/init: no guest could boot it."""
+    m = resolve(entries, "sbin/init")
+    if m is None or not m.isreg() or not m.mode & 0o111:
+        raise PipelineError(
+            "the rootfs has no executable /sbin/init: LXD could not start a container from it",
+            hint="add an init to the image (for Debian: the systemd-sysv package)")
+
+
 @dataclass
 class RootfsFacts:
     os_release: dict[str, str] = field(default_factory=dict)
@@ -100,25 +139,8 @@ def read(rootfs: Path) -> RootfsFacts:
             parts = path.split("/")
             if len(parts) == 3 and parts[:2] == ["nix", "store"]:
                 nix_paths.append("/" + path)
-    fd = os.open(rootfs, os.O_RDONLY)
-    try:
-        def text(path: str) -> str | None:
-            m = resolve(entries, path)
-            if m is None or not m.isreg():
-                return None
-            return os.pread(fd, m.size, m.offset_data).decode(errors="replace")
-
-        for path in ("etc/os-release", "usr/lib/os-release"):
-            release = text(path)
-            if release is not None:
-                for line in release.splitlines():
-                    key, sep, value = line.partition("=")
-                    if sep:
-                        facts.os_release[key.strip()] = value.strip().strip('"')
-                break
-        status = text("var/lib/dpkg/status")
-    finally:
-        os.close(fd)
+    facts.os_release = os_release(rootfs, entries)
+    status = read_text(rootfs, entries, "var/lib/dpkg/status")
     if status is not None:
         facts.packages = {"format": "dpkg", "list": parse_dpkg_status(status)}
     elif nix_paths:

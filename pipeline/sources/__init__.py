@@ -2,12 +2,15 @@
 
 Each source module offers two plain functions:
     inputs(image, memo) -> StageInputs   what the base rootfs depends on (cheap, no build)
-    build(image, out, si)                 write the base rootfs tarball to `out`
+    make_base(image, out, si)             write the base rootfs tarball to `out`
+and may offer
+    lxd_metadata(base_entry) -> Path | None   LXD metadata of its own, stored beside base.tar
 A new source is one new module registered in SOURCES.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
 
 from ..config import SourceKind
@@ -27,3 +30,9 @@ def source_for(kind: SourceKind) -> ModuleType:
     except KeyError:
         raise ConfigError(f"source {kind.value!r} is not available in this version",
                           hint="use source = \"debian\" or \"tarball\"") from None
+
+
+def lxd_metadata(kind: SourceKind, base_entry: Path) -> Path | None:
+    """The source's own LXD metadata tar in its base entry, if it makes one (NixOS does)."""
+    own = getattr(source_for(kind), "lxd_metadata", None)
+    return own(base_entry) if own is not None else None

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..config import Image
 from ..core.run import run
-from ..store.entries import StageInputs
 from ..store.hashing import FileHashMemo
+from ..store.keys import StageInputs
 
 VERSION = 1
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -78,7 +78,7 @@ def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
     })
 
 
-def build(image: Image, out: Path, si: StageInputs | None = None) -> None:
+def make_base(image: Image, out: Path, si: StageInputs | None = None) -> None:
     """mmdebstrap straight into a plain tar at `out` (written beside it, then renamed)."""
     d = image.debian
     assert d is not None

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..config import Image
 from ..core.errors import PipelineError
-from ..store.entries import StageInputs
 from ..store.hashing import FileHashMemo
+from ..store.keys import StageInputs
 from .nixcli import NixError, eval_json
 from .nixcli import build as nix_build
 from .tarball import decompress
@@ -43,7 +43,7 @@ def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
     })
 
 
-def build(image: Image, out: Path, si: StageInputs | None = None) -> None:
+def make_base(image: Image, out: Path, si: StageInputs | None = None) -> None:
     assert image.nix is not None and si is not None
     drvs = [d for d in (si.inputs["tarball"], si.inputs["metadata"]) if d]
     outputs = nix_build(drvs)
@@ -51,6 +51,12 @@ def build(image: Image, out: Path, si: StageInputs | None = None) -> None:
     if si.inputs["metadata"]:
         decompress(tarball_file(_out(outputs, si.inputs["metadata"]), "system-tarball"),
                    out.parent / METADATA_TAR)
+
+
+def lxd_metadata(base_entry: Path) -> Path | None:
+    """The configuration's own LXD metadata (system.build.metadata), kept beside base.tar."""
+    path = base_entry / METADATA_TAR
+    return path if path.is_file() else None
 
 
 def _out(outputs: dict[str, dict[str, str]], drv: str) -> Path:

@@ -12,8 +12,8 @@ from pathlib import Path
 from ..config import Image
 from ..core.fsutil import atomic_path
 from ..core.tarballs import checked_members, decompress_into, open_plain
-from ..store.entries import StageInputs
 from ..store.hashing import FileHashMemo
+from ..store.keys import StageInputs
 
 VERSION = 3  # 3: base.tar ends at its end-of-archive block
 
@@ -26,7 +26,7 @@ def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
     })
 
 
-def build(image: Image, out: Path, si: StageInputs | None = None) -> None:
+def make_base(image: Image, out: Path, si: StageInputs | None = None) -> None:
     assert image.tarball is not None
     decompress(image.tarball.path, out)
 

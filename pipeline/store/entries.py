@@ -1,14 +1,13 @@
-"""The content-addressed store under artifacts/store/.
+"""The content-addressed store under <artifacts>/store/.
 
 Every stage output lives at `store/<stage>/<key>/`, where the key hashes the *content* of the
-stage's inputs (see hashing.stage_key). A directory that exists under its final name is a
-complete entry: entries are built beside it under a temporary name and renamed into place.
-Each entry holds `files.sha256` (size and sha256 of every file it holds) and, written last,
-`inputs.json`, the named inputs that made the key, so a miss can say which input changed
-since the image's previous build. `verify` checks an entry against its `files.sha256`: sizes
+stage's inputs (keys.py). A directory that exists under its final name is a complete entry:
+entries are built beside it under a temporary name and renamed into place. Each entry holds
+`files.sha256` (size and sha256 of every file it holds) and, written last, `inputs.json`, the
+named inputs that made the key. `problems` checks an entry against its `files.sha256`: sizes
 and the hashes of small files when an entry is reused, every hash in `doit fsck` and
 `doit verify`. A half-built entry left by a killed build (`.<key>.*.tmp`) is removed by the
-next build of that key.
+next build of that key, or by `sweep` once no build holds its lock.
 """
 
 from __future__ import annotations
@@ -20,44 +19,29 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..core.errors import PipelineError
-from ..core.fsutil import atomic_dir, atomic_write_bytes, link_or_copy, remove_stale_temps
+from ..core.fsutil import atomic_dir, link_or_copy, remove_stale_temps
 from ..core.log import warn
-from .hashing import sha256_file, stage_key
+from .hashing import sha256_file
+from .keys import StageInputs
+from .layout import FILES_FILE, INPUTS_FILE, Layout
 
-INPUTS_FILE = "inputs.json"
-FILES_FILE = "files.sha256"
 CHEAP_HASH = 1 << 20  # on reuse, files up to this size are hashed, larger ones only sized
 
 
-@dataclass(frozen=True)
-class StageInputs:
-    """What a stage's output depends on: named, JSON-able values (hashes, config values)."""
-
-    stage: str
-    version: int
-    inputs: dict[str, Any]
-
-    @property
-    def key(self) -> str:
-        return stage_key(self.stage, self.version, self.inputs)
-
-
 class Store:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
 
     def path(self, si: StageInputs) -> Path:
-        return self.root / "store" / si.stage / si.key
+        return self.layout.entry(si.stage, si.key)
 
     def entries(self) -> dict[str, list[Path]]:
         """Complete entries by stage (temporary `.name.tmp` directories are not entries)."""
         out: dict[str, list[Path]] = {}
-        base = self.root / "store"
+        base = self.layout.store
         if not base.is_dir():
             return out
         for stage_dir in sorted(base.iterdir()):
@@ -73,15 +57,15 @@ class Store:
     @contextlib.contextmanager
     def lock(self, si: StageInputs) -> Iterator[None]:
         """Serialise builds of one key across processes (the second waits, then reuses)."""
-        lock_dir = self.root / "store" / ".locks"
+        path = self.layout.lock(si.stage, si.key)
         try:
-            lock_dir.mkdir(parents=True, exist_ok=True)
-            f = open(lock_dir / f"{si.stage}-{si.key}.lock", "w")  # noqa: SIM115
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(path, "w")  # noqa: SIM115
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise PipelineError(
-                f"cannot write the store under {self.root}: {exc.strerror} "
+                f"cannot write the store under {self.layout.root}: {exc.strerror} "
                 f"({exc.filename})",
                 hint="build.artifacts must name a writable directory") from None
         with f:
@@ -110,7 +94,7 @@ class Store:
 
     def sweep(self) -> None:
         """Remove every half-built entry whose builder is gone: its key's lock is free."""
-        base = self.root / "store"
+        base = self.layout.store
         if not base.is_dir():
             return
         for stage_dir in base.iterdir():
@@ -118,9 +102,8 @@ class Store:
                 continue
             for tmp in stage_dir.glob(".*.tmp"):
                 key = tmp.name[1:].split(".")[0]
-                lock = base / ".locks" / f"{stage_dir.name}-{key}.lock"
                 try:
-                    with open(lock, "a") as f:
+                    with open(self.layout.lock(stage_dir.name, key), "a") as f:
                         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         shutil.rmtree(tmp, ignore_errors=True)
                         fcntl.flock(f, fcntl.LOCK_UN)
@@ -131,13 +114,13 @@ class Store:
 
     def intact(self, si: StageInputs) -> bool:
         """A cheap check of a complete entry (sizes; hashes of small files)."""
-        return not verify(self.path(si), full=False)
+        return not problems(self.path(si), full=False)
 
     @staticmethod
-    def set_aside(entry: Path, problems: list[str]) -> None:
+    def set_aside(entry: Path, found: list[str]) -> None:
         """Take a damaged entry out of the store (under its key's lock), saying why."""
         warn(f"{entry.parent.name} entry {entry.name} is damaged "
-             f"({'; '.join(problems[:3])}); removing it, to be built again")
+             f"({'; '.join(found[:3])}); removing it, to be built again")
         aside = entry.parent / f".{entry.name}.damaged.{os.getpid()}.tmp"
         os.rename(entry, aside)
         shutil.rmtree(aside, ignore_errors=True)
@@ -157,7 +140,7 @@ def file_list(entry: Path) -> str:
     return "".join(lines)
 
 
-def verify(entry: Path, full: bool = True) -> list[str]:
+def problems(entry: Path, full: bool = True) -> list[str]:
     """What is wrong with a complete entry, compared with its `files.sha256` (empty: fine).
 
     `full` hashes every file; otherwise only files up to CHEAP_HASH bytes, and the others'
@@ -169,91 +152,29 @@ def verify(entry: Path, full: bool = True) -> list[str]:
         return [] if (entry / INPUTS_FILE).is_file() else [f"{INPUTS_FILE} is missing"]
     except OSError as exc:
         return [f"{FILES_FILE}: {exc.strerror}"]
-    problems = []
+    found = []
     for line in listed.splitlines():
         try:
             digest, size_text, rel = line.split("  ", 2)
             size = int(size_text)
         except ValueError:
-            problems.append(f"{FILES_FILE} has a malformed line")
+            found.append(f"{FILES_FILE} has a malformed line")
             continue
         p = entry / rel
         try:
             actual = p.stat().st_size
         except OSError:
-            problems.append(f"{rel} is missing")
+            found.append(f"{rel} is missing")
             continue
         if actual != size:
-            problems.append(f"{rel} has {actual} bytes, {size} expected")
+            found.append(f"{rel} has {actual} bytes, {size} expected")
         elif (full or size <= CHEAP_HASH) and sha256_file(p) != digest:
-            problems.append(f"{rel} does not match its sha256")
-    return problems
+            found.append(f"{rel} does not match its sha256")
+    return found
 
 
-# --- why did a stage run? -------------------------------------------------------------
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}/" if isinstance(v, dict) else f"{prefix}{k}"))
-        return out or {prefix.rstrip("/"): {}}
-    return {prefix: value}
-
-
-def changed_inputs(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
-    """Names of the inputs that differ, as sorted paths (e.g. `dotfiles/.bashrc`)."""
-    if previous is None:
-        return []
-    old, new = _flatten(previous), _flatten(current)
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-
-
-def explain_miss(record: Path, si: StageInputs) -> str:
-    """One line saying why `si` is not in the store, compared with the image's last build."""
-    try:
-        previous = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return "no previous build of this image"
-    if previous.get("version") != si.version:
-        return f"stage code changed (version {previous.get('version')} -> {si.version})"
-    changed = changed_inputs(previous.get("inputs"), si.inputs)
-    if not changed:
-        return "the previous output is no longer in the store"
-    shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-    return f"changed: {shown}"
-
-
-def record_build(record: Path, si: StageInputs) -> None:
-    """Remember the inputs of the image's latest build of this stage, and append its key to
-    the stage's history (newest last; `gc` keeps the newest few)."""
-    payload = {"stage": si.stage, "version": si.version, "key": si.key, "inputs": si.inputs}
-    record.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(record, json.dumps(payload, indent=1, sort_keys=True).encode())
-    history = history_path(record)
-    keys = read_history(history)
-    if keys[-1:] != [si.key]:
-        keys = [k for k in keys if k != si.key] + [si.key]
-        atomic_write_bytes(history, ("\n".join(keys[-HISTORY:]) + "\n").encode())
-
-
-HISTORY = 20
-
-
-def history_path(record: Path) -> Path:
-    return record.with_suffix(".history")
-
-
-def read_history(history: Path) -> list[str]:
-    try:
-        return history.read_text().split()
-    except OSError:
-        return []
-
-
-def publish(src: Path, dst: Path) -> None:
-    """Give a store file its stable per-image name (and drop what a killed publish left)."""
+def link_output(src: Path, dst: Path) -> None:
+    """Give a store file its stable per-image name (and drop what a killed link left)."""
     if dst.parent.is_dir():
         remove_stale_temps(dst)
     link_or_copy(src, dst)

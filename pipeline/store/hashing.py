@@ -1,4 +1,4 @@
-"""Content hashes: of files (memoised by stat identity), of trees, and of stage inputs.
+"""Content hashes: of files (memoised by stat identity) and of trees.
 
 A file's hash is remembered under (device, inode, size, mtime_ns), so an up-to-date check
 never re-reads a multi-GB artifact that has not changed. The memo lives in one JSON file and
@@ -13,7 +13,6 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import Any
 
 from ..core.fsutil import atomic_write_bytes
 
@@ -69,7 +68,7 @@ class FileHashMemo:
             pass  # a cache: not saving it costs the next run a re-hash, nothing else
 
 
-def tree_manifest(root: Path, memo: FileHashMemo | None = None) -> dict[str, str]:
+def tree_digests(root: Path, memo: FileHashMemo | None = None) -> dict[str, str]:
     """{relative path: "mode:sha256"} for every entry under root (content, modes, names; no mtimes).
 
     Directories map to "dir:MODE", symlinks to "link:TARGET". Sorted, so it hashes stably.
@@ -95,14 +94,3 @@ def tree_manifest(root: Path, memo: FileHashMemo | None = None) -> dict[str, str
             else:
                 out[rel] = f"special:{stat.S_IFMT(st.st_mode):o}"
     return out
-
-
-def digest(value: Any) -> str:
-    """A stable hash of a JSON-able value (dict keys sorted)."""
-    blob = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def stage_key(stage: str, version: int, inputs: dict[str, Any]) -> str:
-    """The store key of a stage's output: its name, its code version, and its inputs."""
-    return digest({"stage": stage, "version": version, "inputs": inputs})[:32]

@@ -20,8 +20,9 @@ from ..core.fsutil import atomic_path
 from ..core.log import step
 from ..core.paths import QEMU_DIR
 from ..core.run import require, run
-from ..store.entries import StageInputs, Store, verify
+from ..store.entries import Store, problems
 from ..store.hashing import FileHashMemo, sha256_file
+from ..store.keys import StageInputs
 from .cpio import CpioWriter
 
 VERSION = 2
@@ -253,9 +254,9 @@ def ensure(store: Store, kernel_setting: Path | None, memo: FileHashMemo) -> App
     entry = store.path(si)
     if not (store.has(si) and store.intact(si)):
         with store.lock(si):
-            problems = verify(entry, full=False) if store.has(si) else []
-            if problems:
-                store.set_aside(entry, problems)
+            found = problems(entry, full=False) if store.has(si) else []
+            if found:
+                store.set_aside(entry, found)
             if not store.has(si):
                 store.remove_stale(si)
                 with step("Building the VM helper appliance"), store.new_entry(si) as tmp:

@@ -32,6 +32,25 @@ class Disk:
     readonly: bool = False
 
 
+@dataclass(frozen=True)
+class Guest:
+    """How the VM helper's guests run: the appliance, the accelerator, the limits, and the
+    clock they start at (SOURCE_DATE_EPOCH, or None for the host's time)."""
+
+    appliance: Appliance
+    accel: Accel
+    timeout: float
+    memory_mib: int = 1024
+    clock: int | None = None
+    accel_reason: str = ""  # why this accelerator (accel.choose)
+
+    def boot(self, disks: list[Disk], cmdline: str, *, log_path: Path, what: str,
+             expect: str | None = None) -> GuestResult:
+        return boot(self.appliance, self.accel, disks, cmdline, log_path=log_path,
+                    timeout=self.timeout, memory_mib=self.memory_mib, what=what,
+                    expect=expect, clock=self.clock)
+
+
 @dataclass
 class GuestResult:
     console: str

@@ -25,12 +25,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline import config
-from pipeline import stages as build
+from pipeline import config, stages
 from pipeline.baguette import pack
 from pipeline.core.run import require, which
 from pipeline.vmhelper.accel import choose
-from pipeline.vmhelper.qemu import memory_mib
+from pipeline.vmhelper.qemu import Guest, memory_mib
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
@@ -70,20 +69,18 @@ def guestfish_route(tarball: Path, work: Path) -> None:
 
 def main() -> int:
     cfg = config.load(ROOT / "images.toml")
-    ctx = build.Context(cfg, build.source_date_epoch())
+    ctx = stages.open_run(cfg, config.source_date_epoch())
     image = cfg.image(cfg.build.default_images[0])
-    build.base(ctx, image)
-    tarball = build.rootfs(ctx, image)
-    appliance = ctx.appliance()
-    accel = choose(cfg.build.accel, appliance, ctx.cache_dir).accel
+    stages.build(ctx, stages.BASE, image)
+    tarball = (stages.build(ctx, stages.ROOTFS, image) / "rootfs.tar")
+    appliance = stages.appliance(ctx)
+    accel = choose(cfg.build.accel, appliance, ctx.layout.cache).accel
     print(f"rootfs: {tarball} ({tarball.stat().st_size / 2**20:.0f} MiB), "
           f"accelerator: {accel.value}, {REPEAT} runs each", flush=True)
 
     def our_pack(work: Path) -> None:
-        figures = pack.pack(tarball, work / "disk.img", label=image.baguette.label,
-                            fixed_size=image.baguette.size, slack=image.baguette.slack,
-                            appliance=appliance, accel=accel, timeout=cfg.build.vm_timeout,
-                            memory_mib=memory_mib(cfg.build.vm_memory),
+        guest = Guest(appliance, accel, cfg.build.vm_timeout, memory_mib(cfg.build.vm_memory))
+        figures = pack.pack(tarball, work / "disk.img", stages.pack_options(image), guest,
                             log_path=work / "console.log", work_dir=work)
         phases.append(figures)
         (work / "disk.img").unlink()
@@ -102,7 +99,7 @@ def main() -> int:
     times: dict[str, list[float]] = {name: [] for name in routes}
     for _ in range(REPEAT):
         for name, route in routes.items():  # interleaved, so drift hits every route alike
-            with tempfile.TemporaryDirectory(dir=ctx.work_dir) as d:
+            with tempfile.TemporaryDirectory(dir=stages.work_dir(ctx)) as d:
                 times[name].append(timed(route, Path(d)))
     medians = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n{'route':<10} {'median s':>9} {'runs':>24} {'vs bare':>8}")

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import write_rich_rootfs
+from tests.support.rootfs import write_rich_rootfs
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 RUNS = 5

@@ -1,0 +1,173 @@
+"""Where everything lives under the artifacts directory, and the per-image build records.
+
+    <artifacts>/
+      store/<stage>/<key>/          a complete entry (entries.py): its files, then
+          files.sha256              size and sha256 of each file (written before inputs.json)
+          build.json                when it was built, how long it took, the stage's facts
+          inputs.json               the named inputs that made the key (written last)
+      store/.locks/<stage>-<key>.lock
+      <image>/                      the image's outputs under stable names (links into the store)
+      <image>/.inputs/<stage>.json  the record of the image's latest build of that stage
+      <image>/.inputs/<stage>.history  the keys it was built with, newest last (gc keeps some)
+      logs/<image>/<what>.console.log  VM helper console logs
+      .cache/                       the hash memo, the KVM verdict
+      tmp/                          work directories (<what>.<pid>.*)
+
+This module is the only one that knows these names. The record of a stage's latest build is
+what `explain_miss` compares a new key's inputs with ("changed: dotfiles/.bashrc").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.fsutil import atomic_write_bytes
+from .keys import StageInputs
+
+INPUTS_FILE = "inputs.json"
+FILES_FILE = "files.sha256"
+BUILD_FILE = "build.json"
+HISTORY = 20  # keys remembered per image and stage
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one artifacts directory (nothing is created or removed here)."""
+
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    def entry(self, stage: str, key: str) -> Path:
+        return self.store / stage / key
+
+    def lock(self, stage: str, key: str) -> Path:
+        return self.store / ".locks" / f"{stage}-{key}.lock"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / ".cache"
+
+    @property
+    def hash_memo(self) -> Path:
+        return self.cache / "filehash.json"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def outputs(self, image: str) -> Path:
+        return self.root / image
+
+    def console_log(self, image: str, what: str) -> Path:
+        return self.root / "logs" / image / f"{what}.console.log"
+
+    def record(self, image: str, stage: str) -> Path:
+        return self.outputs(image) / ".inputs" / f"{stage}.json"
+
+    def history(self, image: str, stage: str) -> Path:
+        return self.record(image, stage).with_suffix(".history")
+
+    def histories(self, image: str) -> list[Path]:
+        records = self.outputs(image) / ".inputs"
+        return sorted(records.glob("*.history")) if records.is_dir() else []
+
+
+# --- build records ------------------------------------------------------------------------
+
+
+def read_record(layout: Layout, image: str, stage: str) -> dict[str, Any] | None:
+    """The image's latest build of `stage` ({stage, version, key, inputs}), if any."""
+    try:
+        record = json.loads(layout.record(image, stage).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_record(layout: Layout, image: str, si: StageInputs) -> None:
+    """Remember the inputs of the image's latest build of this stage, and append its key to
+    the stage's history (newest last)."""
+    payload = {"stage": si.stage, "version": si.version, "key": si.key, "inputs": si.inputs}
+    record = layout.record(image, si.stage)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(record, json.dumps(payload, indent=1, sort_keys=True).encode())
+    history = layout.history(image, si.stage)
+    keys = read_history(history)
+    if keys[-1:] != [si.key]:
+        keys = [k for k in keys if k != si.key] + [si.key]
+        atomic_write_bytes(history, ("\n".join(keys[-HISTORY:]) + "\n").encode())
+
+
+def read_history(history: Path) -> list[str]:
+    try:
+        return history.read_text().split()
+    except OSError:
+        return []
+
+
+def recent_keys(layout: Layout, images: list[str], keep: int) -> set[str]:
+    """The newest `keep` keys of every stage in each image's history."""
+    keys: set[str] = set()
+    for image in images:
+        for history in layout.histories(image):
+            keys.update(read_history(history)[-keep:] if keep else [])
+    return keys
+
+
+def read_entry_inputs(entry: Path) -> dict[str, Any] | None:
+    """The inputs a complete entry was built from (its inputs.json), if readable."""
+    try:
+        payload = json.loads((entry / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    return inputs if isinstance(inputs, dict) else None
+
+
+def read_build_facts(entry: Path) -> dict[str, Any]:
+    """The build.json of a store entry ({} for an entry built before it was recorded)."""
+    try:
+        facts = json.loads((entry / BUILD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
+# --- why did a stage run? -------------------------------------------------------------
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}/" if isinstance(v, dict) else f"{prefix}{k}"))
+        return out or {prefix.rstrip("/"): {}}
+    return {prefix: value}
+
+
+def changed_inputs(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """Names of the inputs that differ, as sorted paths (e.g. `dotfiles/.bashrc`)."""
+    if previous is None:
+        return []
+    old, new = _flatten(previous), _flatten(current)
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def explain_miss(previous: dict[str, Any] | None, si: StageInputs) -> str:
+    """One line saying why `si` is not in the store, compared with the image's last build
+    (`previous`, from read_record)."""
+    if previous is None:
+        return "no previous build of this image"
+    if previous.get("version") != si.version:
+        return f"stage code changed (version {previous.get('version')} -> {si.version})"
+    changed = changed_inputs(previous.get("inputs"), si.inputs)
+    if not changed:
+        return "the previous output is no longer in the store"
+    shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    return f"changed: {shown}"

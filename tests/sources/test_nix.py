@@ -1,0 +1,270 @@
+"""The Nix source with the real Nix (Debian's nix-bin) on a self-contained flake shaped like a
+NixOS configuration (tests/support/nixflake.py says why it is not a real NixOS one): the key is the
+derivation path, builds are parsed from Nix's JSON, and each failure (Nix missing, an
+evaluation error, a failing build) is one readable message naming its cause."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pipeline import config, stages
+from pipeline.core.errors import ConfigError, PipelineError, ToolError
+from pipeline.sources import nix as nix_source
+from pipeline.sources import nixcli
+from pipeline.stages import Run
+from tests.support.nixflake import NIX_TEST_CONFIG, nix_env, write_flake  # noqa: F401 (fixture)
+
+
+def images_toml(tmp_path: Path, extra: str = "") -> Path:
+    p = tmp_path / "images.toml"
+    p.write_text(f"""
+[build]
+artifacts = "{tmp_path / 'artifacts'}"
+[images.nixtest]
+source = "nix"
+{extra}
+[images.nixtest.nix]
+flake = "flake"
+host = "testhost"
+""")
+    return p
+
+
+def context(tmp_path: Path, extra: str = "") -> Run:
+    return stages.open_run(config.load(images_toml(tmp_path, extra)), 1_700_000_000)
+
+
+# --- config -------------------------------------------------------------------------------
+
+
+def test_config_resolves_the_flake_directory(tmp_path: Path) -> None:
+    write_flake(tmp_path / "flake")
+    image = config.load(images_toml(tmp_path)).image("nixtest")
+    assert image.nix is not None
+    assert image.nix.flake == str((tmp_path / "flake").resolve())
+    assert image.nix.attribute == "nixosConfigurations.testhost.config.system.build"
+    assert image.baguette.label == "nixos-root"
+    assert image.dotfiles is None and not image.chromeos_integration
+
+
+def test_config_keeps_a_flake_uri_and_defaults_host_to_the_image_name(tmp_path: Path) -> None:
+    p = tmp_path / "images.toml"
+    p.write_text('[images.work]\nsource = "nix"\n[images.work.nix]\nflake = "github:me/cfg"\n')
+    image = config.load(p).image("work")
+    assert image.nix == config.NixSource("github:me/cfg", "work")
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[images.n.nix]\nflake = "nowhere"', "images.n.nix.flake: "),
+    ('[images.n.nix]\nhost = "a.b"', "images.n.nix.host: 'a.b' is not a plain attribute"),
+    ('[images.n.nix]\nhots = "x"', "images.n.nix.hots: unknown key"),
+    ('user = "me"', "images.n.user: a `nix` image takes this from its NixOS configuration"),
+    ('[images.n.debian]\nsuite = "sid"', "images.n.debian: this table is for source = 'debian'"),
+])
+def test_config_errors(tmp_path: Path, table: str, message: str) -> None:
+    write_flake(tmp_path / "nix")
+    p = tmp_path / "images.toml"
+    p.write_text(f'[images.n]\nsource = "nix"\n{table}\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    assert message in str(e.value)
+
+
+# --- Nix's output, parsed (no Nix needed) -------------------------------------------------
+
+
+def test_trim_error_keeps_the_cause_and_drops_advice() -> None:
+    stderr = ("warning: Git tree '/x' is dirty\n"
+              "\x1b[31;1merror:\x1b[0m attribute 'nope' missing\n\n"
+              "       at /nix/store/abc-source/flake.nix:5:3:\n"
+              "(use '--show-trace' to show detailed location information)\n")
+    assert nixcli.trim_error(stderr) == ("error: attribute 'nope' missing\n"
+                                         "       at /nix/store/abc-source/flake.nix:5:3:")
+
+
+def test_build_command_by_nix_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nixcli, "nix", lambda: "nix")
+    old = nixcli.build_command(["/nix/store/a.drv"], (2, 8, 0))
+    new = nixcli.build_command(["/nix/store/a.drv"], (2, 24, 1))
+    assert old[-1] == "/nix/store/a.drv" and new[-1] == "/nix/store/a.drv^*"
+    assert "--no-link" in old and "--json" in old
+    assert old[old.index("--log-format") + 1] == "internal-json"
+
+
+def test_build_log_names_the_failing_derivation_and_its_last_lines() -> None:
+    class Bar:
+        total: int | None = None
+        n = 0
+
+        def refresh(self) -> None:
+            pass
+
+    log = nixcli._BuildLog(Bar())
+    events = [
+        {"action": "start", "id": 1, "type": 104},
+        {"action": "start", "id": 2, "type": 105, "fields": ["/nix/store/x-a.drv", "", 1, 1]},
+        {"action": "result", "id": 1, "type": 105, "fields": [0, 3, 1, 0]},
+        *({"action": "result", "id": 2, "type": 101, "fields": [f"line {i}"]}
+          for i in range(40)),
+        {"action": "msg", "level": 0,
+         "msg": "\x1b[31;1merror:\x1b[0m builder for '\x1b[35;1m/nix/store/x-a.drv\x1b[0m' "
+                "failed with exit code 2"},
+    ]
+    for ev in events:
+        log.feed("@nix " + json.dumps(ev) + "\n")
+    assert log.bar.total == 3
+    err = nixcli._build_error(log, ["/nix/store/x-a.drv"])
+    assert "building /nix/store/x-a.drv failed; its last log lines:" in str(err)
+    assert "| line 39" in str(err) and "| line 14" not in str(err)  # the last 25 lines
+    assert "nix log /nix/store/x-a.drv" in str(err)
+
+
+# --- with the real Nix --------------------------------------------------------------------
+
+
+def test_key_is_the_derivation_path_and_follows_what_the_flake_reads(
+        tmp_path: Path, nix_env: None) -> None:  # noqa: F811
+    write_flake(tmp_path / "flake")
+    ctx = context(tmp_path)
+    image = ctx.config.image("nixtest")
+    si = nix_source.inputs(image, ctx.memo)
+    assert si.inputs["tarball"].endswith("-nixos-system-x86_64-linux.tar.xz.drv")
+    assert si.inputs["metadata"].endswith("-nixos-lxc-metadata.tar.xz.drv")
+    assert nix_source.inputs(image, ctx.memo).key == si.key, "same flake, same key"
+
+    (tmp_path / "flake" / "motd").write_text("changed\n")
+    changed = nix_source.inputs(image, ctx.memo)
+    assert changed.inputs["tarball"] != si.inputs["tarball"]
+    assert changed.inputs["metadata"] == si.inputs["metadata"], "it does not read motd"
+
+
+def test_base_and_rootfs_from_the_flake(tmp_path: Path, nix_env: None) -> None:  # noqa: F811
+    write_flake(tmp_path / "flake", motd="built by nix\n")
+    ctx = context(tmp_path)
+    image = ctx.config.image("nixtest")
+    base_tar = (stages.build(ctx, stages.BASE, image) / "base.tar")
+    meta = base_tar.parent / nix_source.METADATA_TAR
+    with tarfile.open(meta) as tf:
+        assert {"./metadata.yaml", "./templates/container-name.tpl"} <= set(tf.getnames())
+    out = (stages.build(ctx, stages.ROOTFS, image) / "rootfs.tar")
+    with tarfile.open(out) as tf:
+        names = set(tf.getnames())
+        motd = tf.extractfile("./etc/motd").read()  # type: ignore[union-attr]
+    assert motd == b"built by nix\n"
+    assert "./nix/store/00000000000000000000000000000000-hello/bin/hello" in names
+    # a NixOS rootfs gets no overlay: no home, no integration units, no resolv.conf link
+    assert not any(n.startswith(("./home", "./etc/systemd", "./etc/resolv.conf"))
+                   for n in names)
+
+
+def test_nix_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_flake(tmp_path / "flake")
+    ctx = context(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr("pipeline.core.run.SBIN_DIRS", ())
+    with pytest.raises(ToolError) as e:
+        stages.key(ctx, stages.BASE, ctx.config.image("nixtest"))
+    text = str(e.value)
+    assert "source = \"nix\", but Nix is not installed" in text
+    assert "nix-bin" in text and "build without Nix" in text
+    assert not (tmp_path / "artifacts" / "store").exists()
+
+
+@pytest.mark.parametrize("flake_nix, expected", [
+    ("{ outputs = { self }: { nixosConfigurations.testhost.config.system.build = "
+     "{ tarball = builtins.readFile ./no-such-file; }; }; }",
+     ["no-such-file", "nixosConfigurations.testhost.config.system.build"]),
+    ("{ outputs = { self }: { nixosConfigurations.other = {}; }; }",
+     ["does not provide attribute", "check `host` in images.toml"]),
+    ("{ outputs = { self }: { nixosConfigurations.testhost.config.system.build = ",
+     ["syntax error"]),
+])
+def test_evaluation_errors(tmp_path: Path, nix_env: None, flake_nix: str,  # noqa: F811
+                           expected: list[str]) -> None:
+    write_flake(tmp_path / "flake", flake_nix=flake_nix)
+    ctx = context(tmp_path)
+    with pytest.raises(PipelineError) as e:
+        stages.build(ctx, stages.BASE, ctx.config.image("nixtest"))
+    text = str(e.value)
+    assert text.startswith("Nix could not evaluate ")
+    for part in expected:
+        assert part in text
+    assert "--show-trace to show" not in text and "@nix" not in text
+    assert len(text.splitlines()) < 20
+    assert not list((tmp_path / "artifacts").glob("store/base/*"))
+
+
+def test_build_failure_names_the_derivation_and_its_log(
+        tmp_path: Path, nix_env: None) -> None:  # noqa: F811
+    write_flake(tmp_path / "flake", fail_with=3)
+    ctx = context(tmp_path)
+    with pytest.raises(PipelineError) as e:
+        stages.build(ctx, stages.BASE, ctx.config.image("nixtest"))
+    text = str(e.value)
+    assert "-nixos-system-x86_64-linux.tar.xz.drv failed; its last log lines:" in text
+    assert "| compiling the world" in text
+    assert "| error: the test asked this build to fail" in text
+    assert "hint: `nix log /nix/store/" in text
+    assert not list((tmp_path / "artifacts").glob("store/base/*"))
+
+
+def test_missing_build_users_are_explained(tmp_path: Path, nix_env: None,  # noqa: F811
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's nix-bin alone, run as root, expects a `nixbld` group nobody created."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_TEST_CONFIG.replace(
+        "build-users-group =", "build-users-group = no-such-group-here"))
+    write_flake(tmp_path / "flake", motd=f"{tmp_path}\n")  # not built before
+    ctx = context(tmp_path)
+    with pytest.raises(PipelineError) as e:
+        stages.build(ctx, stages.BASE, ctx.config.image("nixtest"))
+    text = str(e.value)
+    assert "no-such-group-here" in text and "nix-setup-systemd" in text
+
+
+def test_a_hung_evaluation_is_stopped_and_named(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Nix that never answers (a stand-in script on PATH) is killed at the timeout."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "nix"
+    fake.write_text("#!/bin/sh\nexec /bin/sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    with pytest.raises(nixcli.NixError) as e:
+        nixcli.eval_json("/some/flake", "nixosConfigurations.h.config.system.build",
+                         timeout=1)
+    assert ("evaluating /some/flake#nixosConfigurations.h.config.system.build did not "
+            "finish within 1 s") in str(e.value)
+    assert "slow network" in str(e.value)
+
+
+def test_tarball_found_in_a_make_system_tarball_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "tarball").mkdir(parents=True)
+    a, b = out / "tarball" / "a.tar.xz", out / "tarball" / "b.tar.xz"
+    a.write_bytes(b"")
+    assert nix_source.tarball_file(out, "system-tarball") == a  # the only one
+    b.write_bytes(b"")
+    with pytest.raises(PipelineError, match="holds no single tarball"):
+        nix_source.tarball_file(out, "system-tarball")
+    (out / "nix-support").mkdir()
+    (out / "nix-support" / "hydra-build-products").write_text(
+        f"file system-tarball {b}\n")
+    assert nix_source.tarball_file(out, "system-tarball") == b  # named wins
+    assert nix_source.tarball_file(a, "system-tarball") == a  # an output that is a file
+
+
+def test_a_tarball_attribute_that_is_no_derivation(tmp_path: Path,
+                                                   nix_env: None) -> None:  # noqa: F811
+    write_flake(tmp_path / "flake", flake_nix=(
+        "{ outputs = { self }: { nixosConfigurations.testhost.config.system.build = "
+        "{ tarball = { drvPath = \"not-a-derivation\"; }; }; }; }"))
+    ctx = context(tmp_path)
+    with pytest.raises(PipelineError) as e:
+        stages.key(ctx, stages.BASE, ctx.config.image("nixtest"))
+    assert "system.build.tarball is not a derivation" in str(e.value)
+    assert "lxc-container module or nix/modules/baguette.nix" in str(e.value)

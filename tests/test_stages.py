@@ -1,0 +1,110 @@
+"""pipeline/stages.py: the stage table and its keys.
+
+The keys below were computed by the code before it moved into sub-packages (commit 60c73c1,
+when stages lived in pipeline/build.py): a store built then is still hit now. A key changes
+only when a stage's inputs or its VERSION do; if this test fails, every user's store is
+rebuilt, so bump the stage's VERSION on purpose, never by accident, and update the value.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pipeline import config, stages
+from pipeline.store.keys import StageInputs
+from tests.support.rootfs import add_sbin_init
+
+KEYS_BEFORE_THE_MOVE = {
+    "base": "4c59fb0e57d2f9a6db7af54ffa3361e7",
+    "rootfs": "6b9e0f64a6ad645fbbdda5ce7db03fe6",
+    "pack": "2dc0caf6decbcd76cdea663d499283c6",
+    "baguette": "e1fa4b259cfa56cb5cd72305b23ff490",
+    "lxc": "8261dec5747a502ccf8dd1418eb56f3d",
+}
+FIXED_APPLIANCE = StageInputs("appliance", 1, {"fixed": "for the test"})
+
+
+def fixed_project(root: Path) -> config.Config:
+    """A project whose every input is fixed bytes (the VM helper's key stands in: it hashes
+    this host's kernel)."""
+    with tarfile.open(root / "rootfs.tar", "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, data in (("./", tarfile.DIRTYPE, b""), ("./etc/", tarfile.DIRTYPE, b""),
+                                 ("./etc/os-release", tarfile.REGTYPE, b"ID=fixture\n")):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode, ti.mtime, ti.size = kind, 0o755, 1_600_000_000, len(data)
+            tf.addfile(ti, io.BytesIO(data) if data else None)
+    (root / "dotfiles").mkdir()
+    (root / "dotfiles" / ".bashrc").write_text("alias ll='ls -l'\n")
+    (root / "images.toml").write_text(f"""
+[build]
+artifacts = "{root / 'artifacts'}"
+[images.tiny]
+source = "tarball"
+dotfiles = "dotfiles"
+description = "key stability"
+[images.tiny.tarball]
+path = "rootfs.tar"
+""")
+    return config.load(root / "images.toml")
+
+
+def fixed_run(tmp_path: Path) -> stages.Run:
+    run = stages.open_run(fixed_project(tmp_path), 1_700_000_000)
+    run.keys[("appliance", "")] = FIXED_APPLIANCE
+    return run
+
+
+def test_keys_are_the_ones_the_store_was_built_with(tmp_path: Path) -> None:
+    run = fixed_run(tmp_path)
+    image = run.config.image("tiny")
+    assert {s.name: stages.key(run, s, image).key for s in stages.STAGES} == KEYS_BEFORE_THE_MOVE
+
+
+def test_a_changed_input_changes_its_key_and_those_downstream(tmp_path: Path) -> None:
+    run = fixed_run(tmp_path)
+    image = run.config.image("tiny")
+    (tmp_path / "dotfiles" / ".bashrc").write_text("alias ll='ls -la'\n")
+    fresh = stages.open_run(run.config, 1_700_000_000)
+    fresh.keys[("appliance", "")] = FIXED_APPLIANCE
+    now = {s.name: stages.key(fresh, s, image).key for s in stages.STAGES}
+    assert now["base"] == KEYS_BEFORE_THE_MOVE["base"]
+    for stage in ("rootfs", "pack", "baguette", "lxc"):
+        assert now[stage] != KEYS_BEFORE_THE_MOVE[stage], stage
+
+
+def test_the_table_is_the_only_stage_list() -> None:
+    names = [s.name for s in stages.STAGES]
+    assert names == ["base", "rootfs", "pack", "baguette", "lxc"]
+    for s in stages.STAGES:  # every dependency is an earlier stage or the VM helper
+        assert all(d == "appliance" or names.index(d) < names.index(s.name) for d in s.after)
+    assert stages.OUTPUTS == (stages.BAGUETTE, stages.LXC)
+    assert stages.stage("pack") is stages.PACK
+    with pytest.raises(StopIteration):
+        stages.stage("nonsense")
+
+
+def test_build_links_the_stable_names_and_reuses(tmp_path: Path) -> None:
+    run = fixed_run(tmp_path)
+    add_sbin_init(tmp_path / "rootfs.tar")  # LXD needs an init (and the keys change)
+    image = run.config.image("tiny")
+    assert not stages.is_current(run, stages.LXC, image)
+    entry = None
+    for s in (stages.BASE, stages.ROOTFS, stages.LXC):
+        entry = stages.build(run, s, image)
+    assert entry is not None and entry.name == stages.key(run, stages.LXC, image).key
+    out = run.layout.outputs("tiny") / "lxc"
+    assert sorted(p.name for p in out.iterdir()) == ["fingerprint", "metadata.tar.xz",
+                                                     "rootfs.tar.xz"]
+    assert (out / "rootfs.tar.xz").samefile(entry / "rootfs.tar.xz")
+    assert stages.is_current(run, stages.LXC, image)
+    (out / "rootfs.tar.xz").unlink()  # a stable name gone: not current, and relinked
+    assert not stages.is_current(run, stages.LXC, image)
+    assert stages.build(run, stages.LXC, image) == entry
+    assert stages.is_current(run, stages.LXC, image)
+    assert [e.parent.name for e in stages.image_entries(run, image)] == ["base", "rootfs", "lxc"]
+    assert stages.wanted_keys(run) == {stages.key(run, s, image).key for s in stages.STAGES} | {
+        FIXED_APPLIANCE.key}
