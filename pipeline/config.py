@@ -86,7 +86,9 @@ IMAGE_SETTINGS = (
     Setting("hostname", "str", "", "The guest's /etc/hostname; default: the image name."),
     Setting("dotfiles", "path", "dotfiles",
             "A directory overlaid into the user's home, owned by the user; '' for none."),
-    Setting("user", "str", "user", "The guest user that owns the dotfiles (created if absent)."),
+    Setting("user", "str", "user",
+            "The guest's uid-1000 user, owner of the dotfiles (created if absent): the name "
+            "given to ChromeOS's Linux setup (`vmc start --user`), see \"The user name\"."),
     Setting("uid", "int", 1000, "That user's uid (and gid)."),
     Setting("secrets_allow", "list", [],
             "Paths (globs) the secret scan accepts, e.g. a test key a package ships."),
@@ -98,7 +100,10 @@ DEBIAN_SETTINGS = (
     Setting("suite", "str", "bookworm", "Debian suite for mmdebstrap."),
     Setting("variant", "enum:minbase,essential,apt,required,important,standard", "minbase",
             "mmdebstrap variant."),
-    Setting("packages", "list", [], "Extra packages (systemd-sysv is always added: /sbin/init)."),
+    Setting("packages", "list", [],
+            "Extra packages (systemd-sysv is always added: /sbin/init; with "
+            "chromeos_integration, what ChromeOS's guest tools need: dbus, dbus-user-session, "
+            "libpam-systemd, udev, openssh-sftp-server, xdg-utils, xauth, xxd)."),
     Setting("mirror", "str", "",
             "Debian mirror URI; default: the host's configured apt mirror for the suite."),
 )

@@ -2,7 +2,7 @@
 
     stage     made by                         store entry              stable name
     base      sources.<kind>.make_base        base/<key>/base.tar
-    rootfs    rootfs.customize.customize      rootfs/<key>/rootfs.tar
+    rootfs    rootfs.customize.customize      rootfs/<key>/rootfs.tar (+ container.tar)
     pack      baguette.pack.pack (or .delta)  pack/<key>/disk.img
     baguette  baguette.compress + .check      baguette/<key>/*.img.zst  <image>/*.img.zst
     lxc       lxc.image.write_image           lxc/<key>/...            <image>/lxc/*
@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from .baguette import check, compress, delta, pack
-from .baguette.boottest import boot_image, require_tools_mount
-from .config import Config, Image
+from .baguette.boottest import boot_image
+from .config import Config, Image, SourceKind
+from .conformance import baguette as conformance
+from .conformance import checks
+from .conformance.toolsdisk import dotfile_names
 from .core.errors import PipelineError
 from .core.fsutil import atomic_write_bytes, remove_stale_work
 from .core.log import info, step, warn
@@ -161,8 +164,9 @@ def _rootfs_inputs(run: Run, image: Image) -> StageInputs:
 
 
 def _make_rootfs(run: Run, image: Image, d: Path) -> None:
-    n = customize.customize(main_file(run, BASE, image), image, d / "rootfs.tar",
-                            work_dir=work_dir(run), source_date_epoch=run.source_date_epoch)
+    n = customize.customize(main_file(run, BASE, image), image, d / customize.VM_TAR,
+                            work_dir=work_dir(run), source_date_epoch=run.source_date_epoch,
+                            container_out=d / customize.CONTAINER_TAR, bootable=True)
     info(f"{n} entries")
 
 
@@ -259,7 +263,7 @@ def _lxc_inputs(run: Run, image: Image) -> StageInputs:
 def _make_lxc(run: Run, image: Image, d: Path) -> None:
     opts, props = lxc_options(image)
     result = lxc.write_image(
-        main_file(run, ROOTFS, image), d, opts, props,
+        entry(run, ROOTFS, image) / customize.CONTAINER_TAR, d, opts, props,
         creation_date=run.source_date_epoch or int(time.time()), work=d,
         source_metadata=lxd_metadata(image.source, entry(run, BASE, image)))
     (d / "files").write_text(result["files"] + "\n")
@@ -283,7 +287,8 @@ BASE = Stage("base", "Base rootfs from {source}", "base rootfs of {image} ({sour
              file="base.tar")
 ROOTFS = Stage("rootfs", "Customizing the rootfs", "customized, normalised rootfs tarball of "
                "{image}", ("base",), _rootfs_inputs, _make_rootfs,
-               "the customized, normalised rootfs tarball", file="rootfs.tar")
+               "the customized, normalised rootfs tarballs (VM and container)",
+               file=customize.VM_TAR)
 PACK = Stage("pack", "Packing the btrfs image", "raw btrfs image of {image}, packed through "
              "the VM helper", ("rootfs", "appliance"), _pack_inputs, _make_pack,
              "the raw btrfs image, packed through the VM helper", file="disk.img")
@@ -392,19 +397,38 @@ def _key_or_none(run: Run, stage: Stage, image: Image) -> str | None:
 
 
 def boot_test(run: Run, image: Image) -> dict[str, str]:
-    """Boot the image's Baguette disk with ChromeOS's disk layout; returns its os-release."""
+    """Boot the image's Baguette disk with ChromeOS's disk layout: the conformance checks for
+    a ChromeOS guest (its own init, stand-ins for ChromeOS's daemons), or, for an image built
+    without the integration, that its init runs. Returns its os-release where read."""
     zst = run.layout.outputs(image.name) / IMAGE_NAME
     if not zst.is_file():
         raise PipelineError(f"{zst} does not exist", hint="run `doit build:baguette` first")
     vm = guest(run)
+    nix = image.source is SourceKind.NIX
+    if not (image.chromeos_integration or nix):
+        return _plain_boot(run, image, zst, vm)
+    log = run.layout.console_log(image.name, "conformance")
+    with step(f"ChromeOS conformance of {image.name} ({vm.accel.value})"):
+        report = conformance.run(
+            zst, vm, setup_user="" if nix else image.user,
+            dotfiles=() if nix else dotfile_names(image.dotfiles), log_path=log,
+            work_dir=work_dir(run))
+        for line in report.lines():
+            info(line)
+        checks.require(report, f"verify:{image.name}", str(log))
+    _stamp(run, image, zst, {"conformance": "passed"})
+    return {}
+
+
+def _plain_boot(run: Run, image: Image, zst: Path, vm: Guest) -> dict[str, str]:
     with step(f"Booting {image.name} with ChromeOS's disk layout ({vm.accel.value})"):
         result = boot_image(zst, vm, log_path=run.layout.console_log(image.name, "boot"),
                             work_dir=work_dir(run))
         info(f"booted {result.os_release.get('PRETTY_NAME', '?')} in {result.seconds:.1f} s")
-        if image.chromeos_integration:
-            require_tools_mount(result)
-            info("the tools disk (LABEL=cros-vm-tools) is mounted read-only")
-    stamp = run.layout.outputs(image.name) / "verified.json"
-    atomic_write_bytes(stamp, json.dumps({"image": run.memo.sha256(zst),
-                                          "os_release": result.os_release}).encode())
+    _stamp(run, image, zst, {"os_release": result.os_release})
     return result.os_release
+
+
+def _stamp(run: Run, image: Image, zst: Path, facts: dict[str, Any]) -> None:
+    stamp = run.layout.outputs(image.name) / "verified.json"
+    atomic_write_bytes(stamp, json.dumps({"image": run.memo.sha256(zst), **facts}).encode())

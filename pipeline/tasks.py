@@ -88,6 +88,8 @@ class InStore:
     def __str__(self) -> str:
         try:
             si = stages.key(self.run, self.stage, self.image)
+            if self.run.store.has(si) and not self.run.store.intact(si):
+                return f"{si.stage} of {self.image.name}: in the store but damaged (rebuilt)"
             if self.run.store.has(si):
                 return f"{si.stage} of {self.image.name}: in the store, not yet published"
             why = explain_miss(read_record(self.run.layout, self.image.name, si.stage), si)

@@ -47,7 +47,9 @@ class M:
 
 KIND = {"f": tarfile.REGTYPE, "d": tarfile.DIRTYPE, "l": tarfile.SYMTYPE,
         "h": tarfile.LNKTYPE, "p": tarfile.FIFOTYPE, "c": tarfile.CHRTYPE}
-BASE = [M("./", "d", mode=0o755), M("./etc/", "d", mode=0o755), M("./etc/hostname")]
+# every guest needs an init: the rootfs stage refuses a tree without one
+BASE = [M("./", "d", mode=0o755), M("./etc/", "d", mode=0o755), M("./etc/hostname"),
+        M("./sbin/", "d", mode=0o755), M("./sbin/init", data=b"#!/bin/sh\n", mode=0o755)]
 
 
 def tar(*members: M, base: bool = True) -> bytes:

@@ -105,13 +105,3 @@ def boot_image(zst: Path, guest: Guest, *, log_path: Path, work_dir: Path) -> Bo
     mounted = re.search(r"/opt/google/cros-containers\s+/dev/vda\s+ext4\s+ro\b", result.console)
     return BootResult(release, mounted is not None, result.seconds, log_path)
 
-
-def require_tools_mount(result: BootResult) -> None:
-    """The image's own units mounted the tools disk read-only where ChromeOS expects it."""
-    if not result.tools_mounted:
-        raise GuestError(
-            f"boot test: the image did not mount the cros-vm-tools disk read-only at "
-            f"/opt/google/cros-containers (console log: {result.log_path})",
-            hint="ChromeOS's tools (vshd, maitred) come from that disk; see the "
-            "mount unit's messages in the console log",
-            console_log=str(result.log_path))

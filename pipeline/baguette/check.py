@@ -1,7 +1,7 @@
 """Validate a Baguette image: what ChromeOS relies on, checked without mounting anything.
 
-- the .zst: its head decompresses and libmagic calls it a BTRFS filesystem with our label,
-  and the frame carries the content size;
+- the .zst: the whole stream decompresses to the content size its frame carries (a cut copy
+  fails), and libmagic calls its head a BTRFS filesystem with our label;
 - the raw image: `btrfs check` finds no error, the top level holds exactly one entry, the
   subvolume `rootfs_subvol`, and that subvolume is the default.
 """
@@ -17,6 +17,7 @@ from .pack import SUBVOL
 
 SUPERBLOCK = 0x10000
 HEAD = 1 << 20
+CHUNK = 4 << 20
 
 
 def _bad(what: str, path: Path) -> PipelineError:
@@ -26,16 +27,26 @@ def _bad(what: str, path: Path) -> PipelineError:
 
 
 def check_compressed(zst: Path, label: str, image_size: int) -> None:
+    """The whole stream decompresses to `image_size` bytes, and its head is our btrfs."""
     import magic
     import zstandard
 
-    with open(zst, "rb") as f:
-        params = zstandard.get_frame_parameters(f.read(18))
-        if params.content_size != image_size:
-            raise _bad(f"zstd frame content size is {params.content_size}, "
-                       f"expected {image_size}", zst)
-        f.seek(0)
-        head = zstandard.ZstdDecompressor().stream_reader(f).read(HEAD)
+    try:
+        with open(zst, "rb") as f:
+            params = zstandard.get_frame_parameters(f.read(18))
+            if params.content_size != image_size:
+                raise _bad(f"zstd frame content size is {params.content_size}, "
+                           f"expected {image_size}", zst)
+            f.seek(0)
+            reader = zstandard.ZstdDecompressor().stream_reader(f, read_size=CHUNK)
+            head = reader.read(HEAD)
+            total = len(head)
+            while chunk := reader.read(CHUNK):
+                total += len(chunk)
+    except zstandard.ZstdError as exc:
+        raise _bad(f"not a whole zstd stream ({exc})", zst) from None
+    if total != image_size:
+        raise _bad(f"the stream ends after {total} of {image_size} bytes (cut short?)", zst)
     described = magic.from_buffer(head)
     if "BTRFS" not in described:
         raise _bad(f"libmagic does not see a btrfs filesystem: {described!r}", zst)

@@ -1,10 +1,14 @@
-"""Customize: base rootfs tarball + the image's own files -> the normalised rootfs tarball.
+"""Customize: base rootfs tarball + the image's own files -> the normalised rootfs tarballs,
+one per guest kind: `rootfs.tar` for the Baguette VM, `container.tar` for Crostini.
 
-What it adds to Debian and tarball images (a NixOS rootfs is only normalised and scanned):
-the dotfiles tree in the user's home (owned by the user), the user itself in /etc/passwd,
-group, shadow and gshadow when absent, /etc/hostname and /etc/hosts for the image's
-hostname, /etc/resolv.conf as a link to /run/resolv.conf (ChromeOS writes that file; a copy
-of the build host's resolver must not ship), and the ChromeOS guest integration.
+What it adds to Debian and tarball images (a NixOS rootfs is only normalised and scanned, and
+both kinds are the same tree): the dotfiles tree in the user's home (owned by the user) and in
+/etc/skel (so a user ChromeOS creates with `useradd --create-home` gets them too), the user
+itself in /etc/passwd, group, shadow and gshadow when absent, /etc/hostname and /etc/hosts
+for the image's hostname, and the ChromeOS guest integration of each kind (integration.py):
+in both, the user in vmc's groups and lingering; in the VM, /etc/resolv.conf as a link to
+/run/resolv.conf (maitred writes that file; a copy of the build host's resolver must not ship);
+in the container an empty /etc/resolv.conf (LXD's DHCP fills it).
 
 How it normalises: entries sorted by path (parents first), numeric owners only (no user or
 group names), mtimes whole seconds and clamped to SOURCE_DATE_EPOCH when it is set, pax
@@ -31,8 +35,12 @@ from ..core.tarballs import TarWriter, checked_members, open_plain, plain_tar, s
 from ..store.hashing import FileHashMemo, tree_digests
 from ..store.keys import StageInputs
 from . import integration, secrets
+from .facts import require_init
+from .integration import Kind
 
-VERSION = 2
+VERSION = 4  # 3: a tree per guest kind, dotfiles in /etc/skel, vmc groups; 4: shadow date
+VM_TAR = "rootfs.tar"
+CONTAINER_TAR = "container.tar"
 
 
 def inputs(image: Image, base_key: str, source_date_epoch: int | None,
@@ -144,7 +152,9 @@ def _add_user(entries: dict[str, Entry], base_fd: int, image: Image, mtime: int)
     append("etc/group", f"{u}:x:{n}:", 0o644)
     shadow_gid = _group_id(_file_text(entries, base_fd, "etc/group"), "shadow")
     if "etc/shadow" in entries:
-        append("etc/shadow", f"{u}:!:0:0:99999:7:::", 0o640, shadow_gid)
+        # no date of last change: 0 would mean "must change it now", and PAM then refuses
+        # the account (user@UID, so garcon and sommelier, would never start)
+        append("etc/shadow", f"{u}:!::0:99999:7:::", 0o640, shadow_gid)
     if "etc/gshadow" in entries:
         append("etc/gshadow", f"{u}:!::", 0o640, shadow_gid)
 
@@ -157,11 +167,14 @@ def _group_id(group: str, name: str) -> int:
     return 0
 
 
-def _dotfiles(image: Image, mtime: int) -> Iterator[tuple[str, Entry]]:
-    home = f"home/{image.user}"
-    uid = image.uid
-    yield "home", Entry(_member("home", tarfile.DIRTYPE, 0o755, 0, mtime))
-    yield home, Entry(_member(home, tarfile.DIRTYPE, 0o700, uid, mtime))
+def _dotfiles(image: Image, mtime: int, home: str = "", uid: int | None = None
+              ) -> Iterator[tuple[str, Entry]]:
+    """The dotfiles under `home` (default: the user's home, owned by the user)."""
+    if not home:
+        home, uid = f"home/{image.user}", image.uid
+        yield "home", Entry(_member("home", tarfile.DIRTYPE, 0o755, 0, mtime))
+        yield home, Entry(_member(home, tarfile.DIRTYPE, 0o700, uid, mtime))
+    uid = image.uid if uid is None else uid
     root = image.dotfiles
     if root is None:
         return
@@ -202,29 +215,59 @@ def _apply_overlay(entries: dict[str, Entry], base_fd: int, image: Image, mtime:
         _set_text(entries, "etc/hosts", "\n".join(lines) + "\n", 0o644, 0, mtime)
         entries["etc/resolv.conf"] = Entry(_member(
             "etc/resolv.conf", tarfile.SYMTYPE, 0o777, 0, mtime, linkname="../run/resolv.conf"))
-        if image.chromeos_integration:
-            _add_integration(entries, base_fd, mtime)
 
 
-def _add_integration(entries: dict[str, Entry], base_fd: int, mtime: int) -> None:
-    for f in integration.files():
+def _for_kind(entries: dict[str, Entry], base_fd: int, image: Image, kind: Kind,
+              mtime: int) -> None:
+    """What one guest kind gets besides the common overlay."""
+    if kind is Kind.CONTAINER and "etc" in entries:
+        _set_text(entries, "etc/resolv.conf", "", 0o644, 0, mtime)
+    if not image.chromeos_integration or "etc" not in entries:
+        return
+    _add_integration(entries, base_fd, image, kind, mtime)
+
+
+def _add_integration(entries: dict[str, Entry], base_fd: int, image: Image, kind: Kind,
+                     mtime: int) -> None:
+    for f in integration.files(kind):
         if f.directory:
-            kind, link = tarfile.DIRTYPE, ""
+            member, link = tarfile.DIRTYPE, ""
         elif f.link:
-            kind, link = tarfile.SYMTYPE, f.link
+            member, link = tarfile.SYMTYPE, f.link
         else:
-            kind, link = tarfile.REGTYPE, ""
+            member, link = tarfile.REGTYPE, ""
         data = f.text.encode()
-        ti = _member(f.path, kind, 0o777 if f.link else f.mode, 0, mtime, linkname=link,
-                     size=len(data) if kind == tarfile.REGTYPE else 0)
-        entries[f.path] = Entry(ti, data=data if kind == tarfile.REGTYPE else None)
+        ti = _member(f.path, member, 0o777 if f.link else f.mode, 0, mtime, linkname=link,
+                     size=len(data) if member == tarfile.REGTYPE else 0)
+        entries[f.path] = Entry(ti, data=data if member == tarfile.REGTYPE else None)
     if "etc/group" in entries:
         group, gshadow = integration.add_groups(
             _file_text(entries, base_fd, "etc/group"),
             _file_text(entries, base_fd, "etc/gshadow") if "etc/gshadow" in entries else None)
+        if image.user in _users(entries, base_fd):
+            group = integration.add_members(group, image.user)
+            if gshadow is not None:
+                gshadow = integration.add_members(gshadow, image.user)
         _set_text(entries, "etc/group", group, 0o644, 0, mtime)
         if gshadow is not None:
             _set_text(entries, "etc/gshadow", gshadow, 0o640, 0, mtime)
+    if image.user in _users(entries, base_fd):  # its session (garcon) starts at boot
+        linger = f"var/lib/systemd/linger/{image.user}"
+        entries[linger] = Entry(_member(linger, tarfile.REGTYPE, 0o644, 0, mtime, size=0),
+                                data=b"")
+    for name, e in _dotfiles(image, mtime, home="etc/skel", uid=0):
+        entries.setdefault(name, e)  # the base's own skeleton files win
+    lines = integration.hosts_lines(kind)
+    if lines:
+        hosts = _file_text(entries, base_fd, "etc/hosts")
+        _set_text(entries, "etc/hosts", hosts + "".join(f"{ln}\n" for ln in lines
+                                                          if ln not in hosts.splitlines()),
+                  0o644, 0, mtime)
+
+
+def _users(entries: dict[str, Entry], base_fd: int) -> set[str]:
+    return {ln.split(":")[0] for ln in _file_text(entries, base_fd, "etc/passwd").splitlines()
+            if ":" in ln}
 
 
 def _ordered(entries: dict[str, Entry], mtime: int) -> list[tuple[str, Entry]]:
@@ -297,7 +340,7 @@ def _copy_info(ti: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
 
 
 def _normalised(e: Entry, name: str, sde: int | None) -> tarfile.TarInfo:
-    ti = e.info
+    ti = _copy_info(e.info, name)
     ti.name = f"./{name}" if name else "."
     if ti.islnk():
         ti.linkname = f"./{ti.linkname}"
@@ -328,8 +371,12 @@ def write(entries: list[tuple[str, Entry]], base_fd: int, out_fd: int,
 
 
 def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
-              source_date_epoch: int | None) -> int:
-    """The customize stage. Returns the number of entries written."""
+              source_date_epoch: int | None, container_out: Path | None = None,
+              bootable: bool = False) -> int:
+    """The customize stage: the VM tree at `out` and, with `container_out`, the container
+    tree there. With `bootable`, a tree without an executable /sbin/init is refused before
+    anything is written (no guest of either kind could start it). Returns the number of
+    entries of the VM tree."""
     tmp = work_tempdir(work_dir, "customize")
     try:
         plain = plain_tar(base, tmp)
@@ -339,17 +386,39 @@ def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
         try:
             if not nixos(image):
                 _apply_overlay(entries, base_fd, image, mtime)
-            ordered = _ordered(entries, mtime)
-            with atomic_path(out) as tmp_out:
-                fd = os.open(tmp_out, os.O_WRONLY | os.O_TRUNC)
-                try:
-                    write(ordered, base_fd, fd, source_date_epoch)
-                finally:
-                    os.close(fd)
-                with step("Scanning for secrets"):
-                    secrets.refuse(secrets.scan(tmp_out, image.secrets_allow), image.name)
+            if bootable:
+                require_init({name: e.info for name, e in entries.items()})
+            count = _write_kind(entries, base_fd, image, Kind.VM, out, mtime,
+                                source_date_epoch, scan=True)
+            if container_out is not None and nixos(image):
+                with atomic_path(container_out) as tmp_out:  # the same tree
+                    tmp_out.unlink()
+                    os.link(out, tmp_out)
+            elif container_out is not None:
+                _write_kind(entries, base_fd, image, Kind.CONTAINER, container_out, mtime,
+                            source_date_epoch, scan=False)
         finally:
             os.close(base_fd)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return count
+
+
+def _write_kind(common: dict[str, Entry], base_fd: int, image: Image, kind: Kind, out: Path,
+                mtime: int, sde: int | None, *, scan: bool) -> int:
+    """One kind's tree, ordered and written atomically to `out`. The container tree is the
+    VM tree without the VM's files, all of them the pipeline's own: one scan serves both."""
+    entries = dict(common)
+    if not nixos(image):
+        _for_kind(entries, base_fd, image, kind, mtime)
+    ordered = _ordered(entries, mtime)
+    with atomic_path(out) as tmp_out:
+        fd = os.open(tmp_out, os.O_WRONLY | os.O_TRUNC)
+        try:
+            write(ordered, base_fd, fd, sde)
+        finally:
+            os.close(fd)
+        if scan:
+            with step("Scanning for secrets"):
+                secrets.refuse(secrets.scan(tmp_out, image.secrets_allow), image.name)
     return len(ordered)

@@ -105,7 +105,8 @@ def require_init(entries: dict[str, tarfile.TarInfo]) -> None:
     m = resolve(entries, "sbin/init")
     if m is None or not m.isreg() or not m.mode & 0o111:
         raise PipelineError(
-            "the rootfs has no executable /sbin/init: LXD could not start a container from it",
+            "the rootfs has no executable /sbin/init: neither a Baguette VM nor a Crostini "
+            "container could start it",
             hint="add an init to the image (for Debian: the systemd-sysv package)")
 
 

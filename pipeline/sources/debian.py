@@ -3,12 +3,19 @@
 The key hashes what mmdebstrap is asked for (suite, variant, architecture, packages, mirror),
 not the result: the archive moves on, so rebuild on purpose (`doit forget`, or change the
 package list) to pick up updates.
+
+Besides the configured packages the rootfs always gets systemd-sysv (minbase has no
+/sbin/init) and, for ChromeOS integration, what ChromeOS's guest tools need of the guest
+(GUEST_PACKAGES). The guest's own apt sources are written in Debian 12's deb822 form for the
+suite, its -updates and its -security archives, pointing at the configured mirror (or
+deb.debian.org), never at the mirror this machine happens to use.
 """
 
 from __future__ import annotations
 
 import glob
 import re
+import shlex
 from pathlib import Path
 
 from ..config import Image
@@ -16,9 +23,22 @@ from ..core.run import run
 from ..store.hashing import FileHashMemo
 from ..store.keys import StageInputs
 
-VERSION = 1
+VERSION = 2  # 2: ChromeOS guest packages; deb822 sources with -updates and -security
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 ALWAYS = ("systemd-sysv",)  # minbase has no /sbin/init
+# What ChromeOS's guest tools need of the guest (the cros-garcon and cros-sommelier packages'
+# dependencies, and the session garcon and sommelier run in as user services of uid 1000):
+GUEST_PACKAGES = (
+    "dbus",  # the system bus: without it systemd-logind is skipped, so no user session
+    "dbus-user-session",  # the session bus garcon owns names on
+    "libpam-systemd",  # logind sessions, user@UID, linger
+    "udev",  # applies the /dev/wl* rule sommelier needs
+    "openssh-sftp-server",  # garcon runs /usr/lib/openssh/sftp-server for the Files app
+    "xdg-utils",  # xdg-open honours BROWSER (garcon's URL handler)
+    "xauth", "xxd",  # sommelier-x's X cookie
+)
+ROLLING = ("sid", "unstable", "experimental")  # suites without -updates and -security
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
@@ -57,7 +77,21 @@ def host_mirror(suite: str, apt_dir: Path = Path("/etc/apt")) -> str:
 
 def packages(image: Image) -> list[str]:
     assert image.debian is not None
-    return sorted(set(ALWAYS) | set(image.debian.packages))
+    guest = GUEST_PACKAGES if image.chromeos_integration else ()
+    return sorted(set(ALWAYS) | set(guest) | set(image.debian.packages))
+
+
+def guest_sources(image: Image) -> str:
+    """/etc/apt/sources.list.d/debian.sources for the guest (deb822)."""
+    d = image.debian
+    assert d is not None
+    uri = d.mirror.rstrip("/") or DEFAULT_MIRROR
+    if d.suite in ROLLING:
+        return f"Types: deb\nURIs: {uri}\nSuites: {d.suite}\nComponents: main\n"
+    return (f"Types: deb\nURIs: {uri}\nSuites: {d.suite} {d.suite}-updates\n"
+            "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+            f"Types: deb\nURIs: {SECURITY_MIRROR}\nSuites: {d.suite}-security\n"
+            "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
 
 
 def mirror(image: Image) -> str:
@@ -75,6 +109,7 @@ def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
         "arch": image.arch,
         "packages": packages(image),
         "mirror": mirror(image),
+        "guest_sources": guest_sources(image),
     })
 
 
@@ -89,6 +124,10 @@ def make_base(image: Image, out: Path, si: StageInputs | None = None) -> None:
             f"--variant={d.variant}",
             f"--architectures={DEB_ARCH[image.arch]}",
             f"--include={','.join(packages(image))}",
+            # the guest's own sources, not the build mirror's
+            "--customize-hook=rm -f \"$1/etc/apt/sources.list\"",
+            "--customize-hook=printf '%s' " + shlex.quote(guest_sources(image))
+            + " > \"$1/etc/apt/sources.list.d/debian.sources\"",
             d.suite, tmp,
             f"deb {mirror(image)} {d.suite} main",
         ], hint=f"mmdebstrap could not build {d.suite}; check the mirror "

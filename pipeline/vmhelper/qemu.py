@@ -45,10 +45,10 @@ class Guest:
     accel_reason: str = ""  # why this accelerator (accel.choose)
 
     def boot(self, disks: list[Disk], cmdline: str, *, log_path: Path, what: str,
-             expect: str | None = None) -> GuestResult:
+             expect: str | None = None, second_serial: Path | None = None) -> GuestResult:
         return boot(self.appliance, self.accel, disks, cmdline, log_path=log_path,
                     timeout=self.timeout, memory_mib=self.memory_mib, what=what,
-                    expect=expect, clock=self.clock)
+                    expect=expect, clock=self.clock, second_serial=second_serial)
 
 
 @dataclass
@@ -64,7 +64,8 @@ class GuestResult:
 
 
 def qemu_argv(appliance: Appliance, accel: Accel, disks: list[Disk], cmdline: str,
-              memory_mib: int, log_path: Path, clock: int | None = None) -> list[str]:
+              memory_mib: int, log_path: Path, clock: int | None = None,
+              second_serial: Path | None = None) -> list[str]:
     """QEMU's argv: q35 with virtio-pci disks in the order given (vda, vdb, ...).
 
     The kernel boots through PVH when the appliance holds an uncompressed vmlinux (no
@@ -72,6 +73,7 @@ def qemu_argv(appliance: Appliance, accel: Accel, disks: list[Disk], cmdline: st
     console output in about 1 boot of 30 here, q35 in none of 60. With `clock` (unix seconds,
     SOURCE_DATE_EPOCH) the guest's clock starts there instead of now, so the times the guest
     kernel writes into the image (ctime, otime of what it changes) carry no build date.
+    `second_serial` is a file the guest's /dev/ttyS1 writes to (the console is ttyS0).
     """
     argv = [
         require_version("qemu-system-x86_64"),
@@ -87,6 +89,8 @@ def qemu_argv(appliance: Appliance, accel: Accel, disks: list[Disk], cmdline: st
         "-serial", f"file:{log_path}",
         "-nic", "none",
     ]
+    if second_serial is not None:
+        argv += ["-serial", f"file:{second_serial}"]
     if clock is not None:
         start = datetime.datetime.fromtimestamp(clock, datetime.UTC)
         argv += ["-rtc", f"base={start.strftime('%Y-%m-%dT%H:%M:%S')},clock=vm"]
@@ -143,7 +147,8 @@ def _run_qemu(argv: list[str], log_path: Path, timeout: float,
 
 def boot(appliance: Appliance, accel: Accel, disks: list[Disk], cmdline: str, *,
          log_path: Path, timeout: float, memory_mib: int = 1024, what: str = "VM helper",
-         expect: str | None = None, retry: bool = True, clock: int | None = None) -> GuestResult:
+         expect: str | None = None, retry: bool = True, clock: int | None = None,
+         second_serial: Path | None = None) -> GuestResult:
     """Boot the appliance and wait for it to power off; raise GuestError on any failure.
 
     `expect` names the marker that means success (e.g. "PACKED"); `@@ERROR` always fails.
@@ -152,7 +157,7 @@ def boot(appliance: Appliance, accel: Accel, disks: list[Disk], cmdline: str, *,
     kernel prints anything.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    argv = qemu_argv(appliance, accel, disks, cmdline, memory_mib, log_path, clock)
+    argv = qemu_argv(appliance, accel, disks, cmdline, memory_mib, log_path, clock, second_serial)
     start = time.monotonic()
     for attempt in (1, 2):
         code, stderr, booted = _run_qemu(argv, log_path, timeout, min(BOOT_DEADLINE, timeout))

@@ -16,11 +16,13 @@ MIRROR = "http://mirror.example.org/debian"
 
 
 def make_image(tmp_path: Path, *, suite: str = "bookworm", packages: tuple[str, ...] = (),
-               mirror: str = MIRROR, variant: str = "minbase") -> config.Image:
+               mirror: str = MIRROR, variant: str = "minbase",
+               integration: bool = False) -> config.Image:
     toml = f"""
 [images.deb]
 source = "debian"
 dotfiles = ""
+chromeos_integration = {"true" if integration else "false"}
 
 [images.deb.debian]
 suite = "{suite}"
@@ -123,6 +125,24 @@ def test_packages_always_has_systemd_sysv_sorted_unique(tmp_path: Path) -> None:
     assert debian.packages(image) == ["curl", "git", "systemd-sysv", "vim"]
 
 
+def test_chromeos_integration_adds_what_the_guest_tools_need(tmp_path: Path) -> None:
+    got = debian.packages(make_image(tmp_path, packages=("dbus", "vim"), integration=True))
+    assert got == sorted({"dbus", "dbus-user-session", "libpam-systemd", "udev",
+                          "openssh-sftp-server", "xdg-utils", "xauth", "xxd", "systemd-sysv",
+                          "vim"})
+
+
+def test_guest_sources_are_deb822_with_updates_and_security(tmp_path: Path) -> None:
+    text = debian.guest_sources(make_image(tmp_path, mirror=""))
+    stanzas = [dict(ln.split(": ", 1) for ln in s.splitlines()) for s in text.split("\n\n")]
+    assert [s["Suites"] for s in stanzas] == ["bookworm bookworm-updates", "bookworm-security"]
+    assert [s["URIs"] for s in stanzas] == [debian.DEFAULT_MIRROR, debian.SECURITY_MIRROR]
+    assert all(s["Types"] == "deb" and s["Components"] == "main" for s in stanzas)
+    mine = debian.guest_sources(make_image(tmp_path, mirror=MIRROR))
+    assert f"URIs: {MIRROR}\n" in mine, "a configured mirror is the guest's too"
+    assert "security" not in debian.guest_sources(make_image(tmp_path, suite="sid"))
+
+
 def test_configured_mirror_wins_without_trailing_slash(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(debian, "host_mirror", lambda suite: pytest.fail("host consulted"))
@@ -174,11 +194,13 @@ def test_build_calls_mmdebstrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert len(calls) == 1
     argv = calls[0]
     target = argv[-2]
-    assert argv == [
-        "mmdebstrap", "--quiet", "--variant=apt", "--architectures=amd64",
-        "--include=git,systemd-sysv,vim", "bookworm", target,
-        f"deb {MIRROR} bookworm main",
-    ]
+    assert argv[:5] == ["mmdebstrap", "--quiet", "--variant=apt", "--architectures=amd64",
+                        "--include=git,systemd-sysv,vim"]
+    assert argv[-3:] == ["bookworm", target, f"deb {MIRROR} bookworm main"]
+    hooks = [a.removeprefix("--customize-hook=") for a in argv[5:-3]]
+    assert hooks[0] == 'rm -f "$1/etc/apt/sources.list"'
+    assert hooks[1].endswith('> "$1/etc/apt/sources.list.d/debian.sources"')
+    assert "bookworm-security" in hooks[1]
     assert Path(target).parent == out.parent and target.endswith(".tar")
     assert Path(target).name != out.name
     assert out.read_bytes() == b"a tarball"
