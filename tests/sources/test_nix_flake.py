@@ -70,6 +70,39 @@ def test_flake_check_reports_a_real_problem(tmp_path: Path, nix_env: None) -> No
     assert "this check is broken" in str(e.value)
 
 
+def test_the_flake_offers_both_kinds_for_both_architectures(tmp_path: Path,
+                                                           nix_env: None) -> None:  # noqa: F811
+    """Item 18: the sample host per guest kind on x86_64 and aarch64, and each module as a
+    path in nixosModules (evaluated with a stand-in nixpkgs whose nixosSystem returns its
+    arguments)."""
+    fake = tmp_path / "nixpkgs"
+    fake.mkdir()
+    (fake / "flake.nix").write_text(
+        "{ outputs = { self }: { lib.nixosSystem = { system, modules }:\n"
+        "  { inherit system; modules = map (m: if builtins.isPath m then baseNameOf m\n"
+        "    else \"inline\") modules; }; }; }\n")
+    def output(attr: str, apply: str) -> Any:
+        proc = subprocess.run(
+            ["nix", "eval", "--json", f"path:{NIX_DIR}#{attr}", "--apply", apply,
+             "--override-input", "nixpkgs", f"path:{fake}", "--no-write-lock-file"],
+            capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    out = {"hosts": output("nixosConfigurations", "cs: cs"),
+           "modules": output("nixosModules", "builtins.mapAttrs (n: m: baseNameOf m)")}
+    assert out["modules"] == {"crostini": "crostini.nix", "baguette": "baguette.nix",
+                              "chromeos-guest": "chromeos-guest.nix",
+                              "dotfiles": "dotfiles.nix"}
+    assert {n: c["system"] for n, c in out["hosts"].items()} == {
+        "sample-crostini": "x86_64-linux", "sample-crostini-aarch64": "aarch64-linux",
+        "sample-baguette": "x86_64-linux", "sample-baguette-aarch64": "aarch64-linux"}
+    assert out["hosts"]["sample-baguette-aarch64"]["modules"] == ["baguette.nix",
+                                                                  "sample.nix"]
+    assert 'inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";' in (
+        NIX_DIR / "flake.nix").read_text()
+
+
 STUBS = r"""
 let
   lib = rec {
