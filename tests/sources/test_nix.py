@@ -268,3 +268,82 @@ def test_a_tarball_attribute_that_is_no_derivation(tmp_path: Path,
         stages.key(ctx, stages.BASE, ctx.config.image("nixtest"))
     assert "system.build.tarball is not a derivation" in str(e.value)
     assert "lxc-container module or nix/modules/baguette.nix" in str(e.value)
+
+
+# What nixpkgs' default.nix aborts with under a Nix older than it supports, as Nix prints it.
+# From 25.11 on, lib/minfeatures.nix lists the features, one of them
+#     description = "`builtins.nixVersion` reports at least 2.18";
+# and a real run of such a nixpkgs under Nix 2.11 printed (the upgrade advice shortened):
+MINFEATURES_ABORT = """\
+error: evaluation aborted with the following error message: '
+       This version of Nixpkgs requires an implementation of Nix with the following features:
+       - `builtins.nixVersion` reports at least 2.18
+
+       You are evaluating with Nix 2.8.0, please upgrade:
+
+       - If you are running NixOS, `nixos-rebuild' can be used to upgrade your system.
+
+       - Alternatively, with Nix > 2.0 `nix upgrade-nix' can be used to imperatively
+         upgrade Nix. You may use `nix-env --version' to check which version you have.
+       '
+(use '--show-trace' to show detailed location information)
+"""
+# Before it (lib/minver.nix, "2.18" from 2025-08-12), default.nix had
+#     This version of Nixpkgs requires Nix >= ${requiredVersion}, please upgrade:
+MINVER_ABORT = """\
+error: evaluation aborted with the following error message: '
+       This version of Nixpkgs requires Nix >= 2.18, please upgrade:
+
+       - If you are running NixOS, `nixos-rebuild' can be used to upgrade your system.
+       '
+"""
+
+
+def nix_printing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: str) -> None:
+    """A stand-in `nix` on PATH: Debian 12's version, and `stderr` for anything else."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (tmp_path / "stderr").write_text(stderr)
+    fake = bindir / "nix"
+    fake.write_text("#!/bin/sh\n"
+                    'case "$1" in --version) echo "nix (Nix) 2.8.0"; exit 0;; esac\n'
+                    f'cat "{tmp_path / "stderr"}" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+
+
+@pytest.mark.parametrize("stderr, requirement", [
+    (MINFEATURES_ABORT, ["This version of Nixpkgs requires an implementation of Nix with the "
+                         "following features:",
+                         "- `builtins.nixVersion` reports at least 2.18",
+                         "You are evaluating with Nix 2.8.0, please upgrade:"]),
+    (MINVER_ABORT, ["This version of Nixpkgs requires Nix >= 2.18, please upgrade:"]),
+])
+def test_nixpkgs_refusing_this_nix_is_said_in_its_words(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: str,
+        requirement: list[str]) -> None:
+    """Issue 13, item 1: the requirement as nixpkgs words it, the Nix found, and where a
+    newer Nix comes from on Debian 12; not the NixOS upgrade advice."""
+    nix_printing(tmp_path, monkeypatch, stderr)
+    with pytest.raises(nixcli.NixError) as e:
+        nixcli.eval_json("/f", "nixosConfigurations.h.config")
+    text = str(e.value)
+    assert text.splitlines()[0] == ("nixpkgs refuses this Nix (2.8.0) while evaluating "
+                                    "/f#nixosConfigurations.h.config:")
+    assert text.splitlines()[1:1 + len(requirement)] == [f"  {ln}" for ln in requirement]
+    assert "nixos-rebuild" not in text and "2.8 or newer" not in text
+    hint = e.value.hint or ""
+    assert "need Nix 2.18 or newer" in hint and "https://nixos.org/download" in hint
+    assert "nix-bin 2.8" in hint and "Debian 13" in hint
+
+
+def test_check_nix_says_so_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`doit check:nix` gets the same message from `nix flake check`."""
+    from pipeline.sources import nixcheck
+
+    nix_printing(tmp_path, monkeypatch, MINFEATURES_ABORT)
+    with pytest.raises(nixcli.NixError) as e:
+        nixcheck.flake_check(tmp_path)
+    assert str(e.value).startswith("nixpkgs refuses this Nix (2.8.0) while running "
+                                   "`nix flake check`:\n  This version of Nixpkgs requires")
+    assert "2.18" in (e.value.hint or "")
