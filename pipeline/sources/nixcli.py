@@ -146,7 +146,7 @@ def eval_json(flake: str, attr: str, apply: str | None = None, *,
 def _eval_hint(stderr: str, flake: str, attr: str) -> str:
     text = clean(stderr)
     if "does not provide attribute" in text:
-        return (f"the flake has no {attr.split('.config.')[0]}; check `host` in images.toml "
+        return (f"the flake has no {attr.removesuffix('.config')}; check `host` in images.toml "
                 f"against `nix flake show {flake}`")
     if OFFLINE.search(text):
         return ("an input could not be fetched: the first build needs network to create "
