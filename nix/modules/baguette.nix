@@ -11,6 +11,8 @@ let
   toolsMount = "opt-google-cros\\x2dcontainers.mount";
   toplevel = config.system.build.toplevel;
   nix = config.nix.package.out;
+  bootspecSettable = options.boot.bootspec ? enable
+    && (options.boot.bootspec.enable.visible or true);
   daemon = description: command: extra: lib.recursiveUpdate {
     inherit description;
     wantedBy = [ "multi-user.target" ];
@@ -36,9 +38,10 @@ in
   boot.isContainer = false;
   # no modules to load: ChromeOS's kernel has what the VM needs built in
   boot.modprobeConfig.enable = false;
-  # up to NixOS 26.05 bootspec names a kernel, which pulls one into the image; later
-  # releases drop the option (setting it fails) and follow boot.kernel.enable
-  boot.bootspec = lib.optionalAttrs (options.boot.bootspec ? enable) { enable = false; };
+  # Up to NixOS 26.05 bootspec names a kernel, which pulls one into the image. Later
+  # releases follow boot.kernel.enable and keep boot.bootspec.enable only as a removed
+  # option (hidden), whose definition fails the evaluation.
+  boot.bootspec = lib.optionalAttrs bootspecSettable { enable = false; };
 
   fileSystems."/" = { device = "/dev/vdb"; fsType = "btrfs"; };
   # The tools disk, as ChromeOS's own image mounts it: before local-fs.target. (A `nofail`

@@ -141,8 +141,9 @@ let
     nix.package.out = "/nix-pkg";
   };
   # `options` as NixOS 26.05 declares them (boot.bootspec.enable) and as later releases do
+  # (lib.mkRemovedOptionModule: a hidden option that fails when defined)
   older = { boot.bootspec = { enable = { }; extensions = { }; }; };
-  newer = { boot.bootspec = { extensions = { }; }; };
+  newer = { boot.bootspec = { enable = { visible = false; }; extensions = { }; }; };
   args = options: user: {
     inherit lib pkgs options; config = config user; modulesPath = "/nixos/modules";
   };
@@ -375,7 +376,8 @@ def test_baguette_registers_the_store_with_nix(modules: dict[str, Any]) -> None:
 def test_baguette_boot_init_script_no_kernel(modules: dict[str, Any]) -> None:
     """Items 8 and 14: the init-script boot loader (nixos-rebuild rewrites /sbin/init), no
     kernel, initrd or modprobe, and bootspec (which names a kernel) off where the option
-    still exists (26.05) and untouched where it is gone (later releases fail on it)."""
+    still exists (26.05) and untouched where it is a removed one (later releases fail on
+    its definition)."""
     b = modules["boot"]
     assert b["grub"] is False and b["initScript"] is True and b["initrd"] is False
     assert b["kernel"] is False and b["modprobe"] is False
