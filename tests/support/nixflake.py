@@ -345,7 +345,7 @@ def activated_tree(tarball: Path, dest: Path) -> Path:
     extracted into `dest`, then the system's own `activate` run with `dest` as its root
     (in a chroot; needs root)."""
     if os.geteuid() != 0:
-        pytest.skip("running the image's activation needs a chroot (root)")
+        tool_missing("running the image's activation needs a chroot (root)")
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tarball) as tf:
         tf.extractall(dest, filter="fully_trusted")
