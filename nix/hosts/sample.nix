@@ -1,10 +1,9 @@
 # The sample host: one person's working environment, with no secret of any kind (no
 # password hash, no key, no token). Edit it, or import the modules into your own flake.
-# Its user: on Baguette none (ChromeOS creates it under the name you give in its Linux
-# setup, with these dotfiles from /etc/skel); on Crostini `user` (set chromeos.guest.user
-# to your ChromeOS Linux name).
 { pkgs, ... }:
 {
+  # uid 1000: use the name you give (or gave) in ChromeOS's Linux setup
+  chromeos.guest.user = "user";
   # the same dotfiles/ tree the Debian image uses: editing one dotfile changes both images
   chromeos.dotfiles.source = ../../dotfiles;
 

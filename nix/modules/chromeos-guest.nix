@@ -38,8 +38,8 @@ in
     };
     user = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
-      default = null;
-      description = "A user made in the image with uid `uid`, or null to leave it to ChromeOS. It must be the name given in ChromeOS's Linux setup: maitred refuses a uid-1000 user of another name.";
+      default = "user";
+      description = "The image's user (uid `uid`): give it the name of ChromeOS's Linux setup, since maitred refuses a uid-1000 user of another name. null leaves the user to ChromeOS (maitred's useradd copies /etc/skel), but `vmc start` waits for garcon, which needs it, before it sets a user up.";
     };
     uid = lib.mkOption {
       type = lib.types.int;
@@ -64,8 +64,8 @@ in
         };
       })
     ];
-    # maitred creates the ChromeOS user at run time; NixOS keeps users it did not declare
-    # only while users are mutable
+    # without a user here, maitred creates it at run time; NixOS keeps users it did not
+    # declare only while users are mutable
     assertions = [{
       assertion = cfg.user != null || config.users.mutableUsers;
       message = "chromeos.guest.user = null needs users.mutableUsers (ChromeOS adds the user)";

@@ -10,8 +10,6 @@
   ];
 
   chromeos.guest.kind = "crostini";
-  # the container's uid-1000 user; ChromeOS's tremplin sets it up when the container starts
-  chromeos.guest.user = lib.mkDefault "user";
 
   # no hostname of our own: the container keeps the one LXD gives it (its name)
   networking.hostName = lib.mkForce "";

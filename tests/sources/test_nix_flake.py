@@ -171,6 +171,7 @@ in {
     defaultWants = guest.systemd.user.targets.default.wants;
     groups = builtins.attrNames guest.users.groups;
     user = guest.users.users.user or null;
+    userDefault = (m "chromeos-guest").options.chromeos.guest.user.default;
     root = guest.users.users.root or null;
     guestTmpfiles = guest.systemd.tmpfiles.rules or [ ];
     udev = guest.services.udev.extraRules;
@@ -270,8 +271,10 @@ def test_sommelier_x_writes_the_xauth_cookie_it_is_given(modules: dict[str, Any]
 
 
 def test_groups_user_and_linger(modules: dict[str, Any]) -> None:
-    """Item 12: linger through the users option (not a tmpfiles file NixOS may undo)."""
+    """Item 12: linger through the users option (not a tmpfiles file NixOS may undo); the
+    image has its uid-1000 user unless told not to (`vmc start` needs garcon first)."""
     d = modules
+    assert d["userDefault"] == "user"
     assert set(GROUPS) <= set(d["groups"])
     user = d["user"]
     assert user["uid"] == 1000 and set(GROUPS) <= set(user["extraGroups"])

@@ -94,10 +94,11 @@ def test_booted_only_sh_and_env_are_outside_the_store(flakes: dict[str, Path], k
     assert {"/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"} <= set(found)
     assert (tree / "etc/gshadow").stat().st_mode & 0o777 == 0o640
     users = [ln.split(":")[0] for ln in (tree / "etc/passwd").read_text().splitlines()]
-    assert users == (["root", "user"] if kind == "crostini" else ["root"])
+    assert users == ["root", "user"]
     members = {ln.split(":")[0]: ln.split(":")[3]
                for ln in (tree / "etc/group").read_text().splitlines()}
-    assert members["sudo"] == members["video"] == ("user" if kind == "crostini" else "")
+    assert members["sudo"] == members["video"] == "user"
+    assert (tree / "home/user/.profile").is_file()
     assert (tree / "etc/skel/.profile").is_file()
     assert nixos_layout_problems(tree, kind) == []
 

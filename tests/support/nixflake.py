@@ -25,7 +25,7 @@ nixos/modules/system/activation/top-level.nix), with busybox standing in for eve
 No /bin, /usr, /home, /etc/passwd: NixOS's activation makes them at boot. The stand-in init
 (/sbin/init = <system>/init) runs the system's `activate`, which does what NixOS's does that
 ChromeOS relies on: /etc/static and a link per /etc entry, /etc/NIXOS, passwd/group/shadow
-(root, the 11 groups vmc asks for, on Crostini the uid-1000 `user`), an empty /etc/gshadow,
+(root, the 11 groups vmc asks for, the uid-1000 `user` in them), an empty /etc/gshadow,
 /bin/sh and /usr/bin/env (the only programs outside the store, as in NixOS), the dotfiles in
 /etc/skel (and the declared user's home), /run/current-system, and, when the configuration
 links them (`links=True`, as nix/modules/chromeos-guest.nix does), /usr/sbin/useradd,
@@ -231,7 +231,7 @@ chmod 555 $r$HELLO/bin/hello
 ln -s $SW $r$SYS/sw
 ln -s $ETC/etc $r$SYS/etc
 ln -s $SYSTEMD $r$SYS/systemd
-if [ "$kind" = crostini ]; then declared=user; else declared=; fi
+declared=user  # chromeos.guest.user's default
 script $SYS/activate <<EOF
 # stand-in for NixOS's activation script: what it does that ChromeOS relies on
 systemConfig=$SYS
