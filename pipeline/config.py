@@ -194,7 +194,8 @@ class NixSource:
 
     @property
     def attribute(self) -> str:
-        return f"nixosConfigurations.{self.host}.config.system.build"
+        """The host's NixOS configuration (`config`), as `nix eval` reads it."""
+        return f"nixosConfigurations.{self.host}.config"
 
 
 @dataclass(frozen=True)

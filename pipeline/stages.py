@@ -41,6 +41,7 @@ from .lxc import image as lxc
 from .lxc.metadata import Properties
 from .rootfs import customize
 from .sources import lxd_metadata, source_for
+from .sources.nix import wrong_kind
 from .store.entries import Store, link_output, problems
 from .store.hashing import FileHashMemo, sha256_file
 from .store.keys import StageInputs
@@ -159,6 +160,18 @@ def _make_base(run: Run, image: Image, d: Path) -> None:
     source_for(image.source).make_base(image, d / "base.tar", key(run, BASE, image))
 
 
+# the guest each output stage makes, checked against the one a source says its tree is for
+GUEST_OF = {"pack": "baguette", "lxc": "crostini"}
+
+
+def check_kind(run: Run, stage: Stage, image: Image) -> None:
+    """Refuse a Baguette disk of a Crostini configuration and the reverse: a NixOS source
+    says which guest its configuration is (other sources say nothing)."""
+    kind = key(run, BASE, image).inputs.get("kind")
+    if kind is not None and kind != GUEST_OF[stage.name]:
+        raise wrong_kind(image, kind)
+
+
 def _rootfs_inputs(run: Run, image: Image) -> StageInputs:
     return customize.inputs(image, key(run, BASE, image).key, run.source_date_epoch, run.memo)
 
@@ -176,6 +189,7 @@ def pack_options(image: Image) -> pack.PackOptions:
 
 
 def _pack_inputs(run: Run, image: Image) -> StageInputs:
+    check_kind(run, PACK, image)
     return pack.inputs(key(run, ROOTFS, image).key, appliance_inputs(run).key,
                        pack_options(image))
 
@@ -257,6 +271,7 @@ def lxc_options(image: Image) -> tuple[lxc.Options, Properties]:
 
 
 def _lxc_inputs(run: Run, image: Image) -> StageInputs:
+    check_kind(run, LXC, image)
     return lxc.inputs(key(run, ROOTFS, image).key, *lxc_options(image), run.source_date_epoch)
 
 

@@ -5,6 +5,7 @@ Tasks (see `doit list`):
     build:lxc             every default image's Crostini container (metadata + rootfs)
     verify:baguette       boot every default image with ChromeOS's disk layout
     <stage>:<image>       one stage of one image: base, rootfs, pack, baguette, lxc
+    kind:<stage>-<image>  a NixOS image's configuration is for the guest the stage makes
     verify:<image>        check one image's store entries (fsck), then boot it
     fsck                  check every store entry against its recorded hashes
     gc                    free store entries the config does not need
@@ -126,6 +127,15 @@ def _announce(run: Run, stage: Stage, image: Image, entry: Path) -> None:
               f"{lxc_instructions(image, files, fp)}\n")
 
 
+# the stages whose guest kind a NixOS configuration must match (checked before its base is
+# built: doit runs a task's task_dep in order, and the guard comes first)
+KIND_CHECKED = (stages.PACK, stages.LXC)
+
+
+def _kind_guard(stage: Stage, image: Image) -> list[str]:
+    return [f"kind:{stage.name}-{image.name}"] if image.nix and stage in KIND_CHECKED else []
+
+
 def _stage_task(run: Run, stage: Stage, image: Image) -> dict[str, Any]:
     def make() -> None:
         entry = stages.build(run, stage, image)
@@ -139,9 +149,31 @@ def _stage_task(run: Run, stage: Stage, image: Image) -> dict[str, Any]:
         "name": n, "doc": doc,
         "actions": [_action(make)],
         "uptodate": [InStore(run, stage, image)],
-        "task_dep": [d if d == "appliance" else f"{d}:{n}" for d in stage.after],
+        "task_dep": _kind_guard(stage, image)
+        + [d if d == "appliance" else f"{d}:{n}" for d in stage.after],
         "verbosity": 2,
     }
+
+
+def _kind(run: Run) -> Iterator[dict[str, Any]]:
+    """kind:<stage>-<image>: refuse a NixOS configuration of the other guest kind, up front"""
+    for image in run.config.images.values():
+        for stage in KIND_CHECKED:
+            if _kind_guard(stage, image):
+                yield _kind_task(run, stage, image)
+
+
+def _kind_task(run: Run, stage: Stage, image: Image) -> dict[str, Any]:
+    def matches() -> bool:
+        try:
+            stages.check_kind(run, stage, image)
+        except PipelineError:
+            return False  # the action reports it
+        return True
+    return {"name": f"{stage.name}-{image.name}",
+            "doc": f"{image.name}'s NixOS configuration is for the guest {stage.name} makes",
+            "actions": [_action(lambda: stages.check_kind(run, stage, image))],
+            "uptodate": [matches], "verbosity": 2}
 
 
 def _verify_task(run: Run, image: Image) -> dict[str, Any]:
@@ -257,7 +289,7 @@ def _bench(run: Run) -> dict[str, Any]:
 
 GROUPS: dict[str, Callable[[Run], Any]] = {
     "appliance": _appliance, "build": _build, "verify": _verify, "gc": _gc, "fsck": _fsck,
-    "check": _check, "publish": _publish, "bench": _bench}
+    "check": _check, "publish": _publish, "bench": _bench, "kind": _kind}
 
 
 def _creator(make: Callable[[], Any], doc: str) -> Callable[[], Any]:

@@ -2,6 +2,7 @@
 # password hash, no key, no token). Edit it, or import the modules into your own flake.
 { pkgs, ... }:
 {
+  # uid 1000: use the name you give (or gave) in ChromeOS's Linux setup
   chromeos.guest.user = "user";
   # the same dotfiles/ tree the Debian image uses: editing one dotfile changes both images
   chromeos.dotfiles.source = ../../dotfiles;
@@ -16,5 +17,5 @@
   programs.bash.completion.enable = true;
   nix.settings.experimental-features = [ "nix-command" "flakes" ];
 
-  system.stateVersion = "25.05";
+  system.stateVersion = "26.05";
 }

@@ -6,8 +6,11 @@ and may offer `metadata` (LXD metadata: metadata.yaml + templates/, merged by th
 
 The key is the derivation paths from `nix eval` (cheap, nothing is built): when they are
 unchanged nothing downstream reruns; any change to a file the flake reads (a module, a
-dotfile, flake.lock) changes them. The base entry holds base.tar and, when the host has
-LXD metadata, lxc-metadata.tar (both plain tars).
+dotfile, flake.lock) changes them. The same evaluation reads which guest the configuration
+is (`chromeos.guest.kind`, set by nix/modules; else `boot.isContainer`, which NixOS's
+container profile sets), so that a Baguette disk of a container configuration, or the
+reverse, is refused before anything is built. The base entry holds base.tar and, when the
+host has LXD metadata, lxc-metadata.tar (both plain tars).
 """
 
 from __future__ import annotations
@@ -24,23 +27,46 @@ from .tarball import decompress
 
 VERSION = 1
 METADATA_TAR = "lxc-metadata.tar"
-# one evaluation yields both derivation paths; `metadata` is optional
-APPLY = ("b: { tarball = b.tarball.drvPath; "
-         "metadata = if b ? metadata then b.metadata.drvPath else null; }")
+KINDS = {"crostini": "a Crostini container", "baguette": "a Baguette VM"}
+# one evaluation yields both derivation paths (`metadata` is optional) and the guest kind
+APPLY = """c: let b = c.system.build; k = c.chromeos.guest.kind or null; in {
+  tarball = b.tarball.drvPath;
+  metadata = if b ? metadata then b.metadata.drvPath else null;
+  kind = if k != null then k
+    else if (c.boot.isContainer or null) == null then null
+    else if c.boot.isContainer then "crostini" else "baguette";
+}"""
 
 
 def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
     assert image.nix is not None
     value = eval_json(image.nix.flake, image.nix.attribute, APPLY)
     if not isinstance(value, dict) or not str(value.get("tarball", "")).endswith(".drv"):
-        raise NixError(f"{image.nix.flake}#{image.nix.attribute}.tarball is not a derivation",
-                       hint="a NixOS host needs system.build.tarball (import NixOS's "
-                            "lxc-container module or nix/modules/baguette.nix)")
+        raise NixError(f"{image.nix.flake}#{image.nix.attribute}.system.build.tarball is not "
+                       "a derivation", hint="a NixOS host needs system.build.tarball (import "
+                       "NixOS's lxc-container module or nix/modules/baguette.nix)")
     return StageInputs("base", VERSION, {
         "source": "nix",
         "tarball": value["tarball"],
         "metadata": value.get("metadata"),
+        "kind": value.get("kind") if value.get("kind") in KINDS else None,
     })
+
+
+def wrong_kind(image: Image, kind: str) -> PipelineError:
+    """The error for making the other image kind from a configuration of guest `kind`."""
+    assert image.nix is not None
+    config = f"nixosConfigurations.{image.nix.host}"
+    if kind == "crostini":
+        what, task, other, module = "a Baguette disk", "baguette", "lxc", "baguette"
+    else:
+        what, task, other, module = "a Crostini container", "lxc", "baguette", "crostini"
+    return PipelineError(
+        f"{image.name}: {config} is {KINDS[kind]} configuration; {what} made from it "
+        f"({task}:{image.name}) would not work",
+        hint=f"build `doit {other}:{image.name}` instead, or set images.{image.name}.nix.host "
+             f"to a configuration that imports nixosModules.{module} (nix/ has "
+             f"sample-{module})")
 
 
 def make_base(image: Image, out: Path, si: StageInputs | None = None) -> None:

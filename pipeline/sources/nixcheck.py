@@ -14,7 +14,7 @@ from pathlib import Path
 from ..core.errors import PipelineError
 from ..core.log import info
 from ..core.run import require
-from .nixcli import OFFLINE, run_nix, trim_error
+from .nixcli import OFFLINE, run_nix, too_old_for_nixpkgs, trim_error
 
 
 def nix_files(flake_dir: Path) -> list[Path]:
@@ -43,6 +43,9 @@ def flake_check(flake_dir: Path, timeout: float = 1800) -> None:
     proc = run_nix(["flake", "check", str(flake_dir.resolve())], "`nix flake check`", timeout)
     if proc.returncode == 0:
         return
+    refused = too_old_for_nixpkgs(proc.stderr, "running `nix flake check`")
+    if refused is not None:
+        raise refused
     if OFFLINE.search(proc.stderr):
         lock = flake_dir / "flake.lock"
         raise PipelineError(

@@ -3,6 +3,8 @@
 Nix's own settings are honoured: nothing here writes nix.conf or sets NIX_CONFIG. The only
 flag added is `--extra-experimental-features "nix-command flakes"`, which Nix 2.8 (Debian 12's
 nix-bin) needs for `nix eval`/`nix build` on a flake and which newer Nix accepts unchanged.
+Nix 2.8 can build self-contained flakes, but nixpkgs from 25.11 on refuses it (it needs Nix
+2.18 or newer): that refusal is reported in nixpkgs' own words with how to get a newer Nix.
 
     eval_json(flake, attr, apply)  -> the value, via `nix eval --json` (no build)
     build(drv_paths)               -> {drvPath: {output: storePath}}, via `nix build --json
@@ -30,6 +32,14 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # what Nix prints when an input or substitute cannot be fetched
 OFFLINE = re.compile(r"unable to download|Could(?:n't| not) resolve host|cannot connect|"
                      r"Connection refused|timed out|Network is unreachable")
+
+# what nixpkgs' default.nix aborts with when the Nix evaluating it is too old: "This version
+# of Nixpkgs requires Nix >= 2.18, please upgrade:" (minver.nix), "... requires an
+# implementation of Nix with the following features:" from 25.11 (lib/minfeatures.nix)
+NIXPKGS_REFUSES = "This version of Nixpkgs requires"
+NEWER_NIX = ("nixpkgs 25.11 and newer need Nix 2.18 or newer; Debian 12 has only nix-bin 2.8 "
+             "(none in bookworm-backports): install Nix from https://nixos.org/download "
+             "(it goes first on PATH), or use Debian 13, whose nix-bin is 2.26")
 
 # Nix's internal-json activity and result types (libutil/logging.hh)
 ACT_BUILDS, ACT_BUILD = 104, 105
@@ -76,6 +86,33 @@ def trim_error(stderr: str, max_lines: int = 14) -> str:
     return "\n".join(lines) or "(Nix printed nothing)"
 
 
+def nixpkgs_refusal(stderr: str) -> str | None:
+    """nixpkgs' own words when it refuses the Nix evaluating it (what it requires, the
+    version found), without the upgrade advice for NixOS users that follows; None when
+    the error is something else."""
+    text = clean(stderr)
+    start = text.find(NIXPKGS_REFUSES)
+    if start < 0:
+        return None
+    lines: list[str] = []
+    for line in text[start:].splitlines():
+        line = line.strip().rstrip("'").rstrip()
+        if line:
+            lines.append(line)
+        if "please upgrade" in line:
+            break
+    return "\n".join(lines)
+
+
+def too_old_for_nixpkgs(stderr: str, what: str) -> NixError | None:
+    refusal = nixpkgs_refusal(stderr)
+    if refusal is None:
+        return None
+    return NixError(f"nixpkgs refuses this Nix ({'.'.join(map(str, version()))}) while "
+                    f"{what}:\n" + "\n".join(f"  {ln}" for ln in refusal.splitlines()),
+                    hint=NEWER_NIX)
+
+
 def run_nix(args: list[str], what: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """`nix [features] ARGS`, its output captured; a run over `timeout` is an error naming
     `what` (the caller reads the exit status)."""
@@ -93,6 +130,9 @@ def eval_json(flake: str, attr: str, apply: str | None = None, *,
     args = ["eval", "--json", f"{flake}#{attr}", *(["--apply", apply] if apply else [])]
     proc = run_nix(args, f"evaluating {flake}#{attr}", timeout)
     if proc.returncode != 0:
+        refused = too_old_for_nixpkgs(proc.stderr, f"evaluating {flake}#{attr}")
+        if refused is not None:
+            raise refused
         raise NixError(
             f"Nix could not evaluate {flake}#{attr}:\n{trim_error(proc.stderr)}",
             hint=_eval_hint(proc.stderr, flake, attr))
@@ -106,13 +146,13 @@ def eval_json(flake: str, attr: str, apply: str | None = None, *,
 def _eval_hint(stderr: str, flake: str, attr: str) -> str:
     text = clean(stderr)
     if "does not provide attribute" in text:
-        return (f"the flake has no {attr.split('.config.')[0]}; check `host` in images.toml "
+        return (f"the flake has no {attr.removesuffix('.config')}; check `host` in images.toml "
                 f"against `nix flake show {flake}`")
     if OFFLINE.search(text):
         return ("an input could not be fetched: the first build needs network to create "
                 "flake.lock, later builds use the locked inputs (and Nix's binary cache)")
     if "experimental" in text:
-        return "this Nix is too old for flakes; install Nix 2.8 or newer"
+        return f"this Nix has no flakes; {NEWER_NIX}"
     return f"run `nix eval --show-trace {flake}#{attr}` for the full trace"
 
 

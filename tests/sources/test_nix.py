@@ -46,7 +46,7 @@ def test_config_resolves_the_flake_directory(tmp_path: Path) -> None:
     image = config.load(images_toml(tmp_path)).image("nixtest")
     assert image.nix is not None
     assert image.nix.flake == str((tmp_path / "flake").resolve())
-    assert image.nix.attribute == "nixosConfigurations.testhost.config.system.build"
+    assert image.nix.attribute == "nixosConfigurations.testhost.config"
     assert image.baguette.label == "nixos-root"
     assert image.dotfiles is None and not image.chromeos_integration
 
@@ -153,7 +153,8 @@ def test_base_and_rootfs_from_the_flake(tmp_path: Path, nix_env: None) -> None: 
     out = (stages.build(ctx, stages.ROOTFS, image) / "rootfs.tar")
     with tarfile.open(out) as tf:
         names = set(tf.getnames())
-        motd = tf.extractfile("./etc/motd").read()  # type: ignore[union-attr]
+        motd = tf.extractfile(  # NixOS's /etc/motd is a link made at boot, into this
+            "./nix/store/00000000000000000000000000000007-etc-motd").read()  # type: ignore[union-attr]
     assert motd == b"built by nix\n"
     assert "./nix/store/00000000000000000000000000000000-hello/bin/hello" in names
     # a NixOS rootfs gets no overlay: no home, no integration units, no resolv.conf link
@@ -177,7 +178,7 @@ def test_nix_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("flake_nix, expected", [
     ("{ outputs = { self }: { nixosConfigurations.testhost.config.system.build = "
      "{ tarball = builtins.readFile ./no-such-file; }; }; }",
-     ["no-such-file", "nixosConfigurations.testhost.config.system.build"]),
+     ["no-such-file", "nixosConfigurations.testhost.config"]),
     ("{ outputs = { self }: { nixosConfigurations.other = {}; }; }",
      ["does not provide attribute", "check `host` in images.toml"]),
     ("{ outputs = { self }: { nixosConfigurations.testhost.config.system.build = ",
@@ -268,3 +269,156 @@ def test_a_tarball_attribute_that_is_no_derivation(tmp_path: Path,
         stages.key(ctx, stages.BASE, ctx.config.image("nixtest"))
     assert "system.build.tarball is not a derivation" in str(e.value)
     assert "lxc-container module or nix/modules/baguette.nix" in str(e.value)
+
+
+# What nixpkgs' default.nix aborts with under a Nix older than it supports, as Nix prints it.
+# From 25.11 on, lib/minfeatures.nix lists the features, one of them
+#     description = "`builtins.nixVersion` reports at least 2.18";
+# and a real run of such a nixpkgs under Nix 2.11 printed (the upgrade advice shortened):
+MINFEATURES_ABORT = """\
+error: evaluation aborted with the following error message: '
+       This version of Nixpkgs requires an implementation of Nix with the following features:
+       - `builtins.nixVersion` reports at least 2.18
+
+       You are evaluating with Nix 2.8.0, please upgrade:
+
+       - If you are running NixOS, `nixos-rebuild' can be used to upgrade your system.
+
+       - Alternatively, with Nix > 2.0 `nix upgrade-nix' can be used to imperatively
+         upgrade Nix. You may use `nix-env --version' to check which version you have.
+       '
+(use '--show-trace' to show detailed location information)
+"""
+# Before it (lib/minver.nix, "2.18" from 2025-08-12), default.nix had
+#     This version of Nixpkgs requires Nix >= ${requiredVersion}, please upgrade:
+MINVER_ABORT = """\
+error: evaluation aborted with the following error message: '
+       This version of Nixpkgs requires Nix >= 2.18, please upgrade:
+
+       - If you are running NixOS, `nixos-rebuild' can be used to upgrade your system.
+       '
+"""
+
+
+def nix_printing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: str) -> None:
+    """A stand-in `nix` on PATH: Debian 12's version, and `stderr` for anything else."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (tmp_path / "stderr").write_text(stderr)
+    fake = bindir / "nix"
+    fake.write_text("#!/bin/sh\n"
+                    'case "$1" in --version) echo "nix (Nix) 2.8.0"; exit 0;; esac\n'
+                    f'cat "{tmp_path / "stderr"}" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+
+
+@pytest.mark.parametrize("stderr, requirement", [
+    (MINFEATURES_ABORT, ["This version of Nixpkgs requires an implementation of Nix with the "
+                         "following features:",
+                         "- `builtins.nixVersion` reports at least 2.18",
+                         "You are evaluating with Nix 2.8.0, please upgrade:"]),
+    (MINVER_ABORT, ["This version of Nixpkgs requires Nix >= 2.18, please upgrade:"]),
+])
+def test_nixpkgs_refusing_this_nix_is_said_in_its_words(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: str,
+        requirement: list[str]) -> None:
+    """Issue 13, item 1: the requirement as nixpkgs words it, the Nix found, and where a
+    newer Nix comes from on Debian 12; not the NixOS upgrade advice."""
+    nix_printing(tmp_path, monkeypatch, stderr)
+    with pytest.raises(nixcli.NixError) as e:
+        nixcli.eval_json("/f", "nixosConfigurations.h.config")
+    text = str(e.value)
+    assert text.splitlines()[0] == ("nixpkgs refuses this Nix (2.8.0) while evaluating "
+                                    "/f#nixosConfigurations.h.config:")
+    assert text.splitlines()[1:1 + len(requirement)] == [f"  {ln}" for ln in requirement]
+    assert "nixos-rebuild" not in text and "2.8 or newer" not in text
+    hint = e.value.hint or ""
+    assert "need Nix 2.18 or newer" in hint and "https://nixos.org/download" in hint
+    assert "nix-bin 2.8" in hint and "Debian 13" in hint
+
+
+def test_check_nix_says_so_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`doit check:nix` gets the same message from `nix flake check`."""
+    from pipeline.sources import nixcheck
+
+    nix_printing(tmp_path, monkeypatch, MINFEATURES_ABORT)
+    with pytest.raises(nixcli.NixError) as e:
+        nixcheck.flake_check(tmp_path)
+    assert str(e.value).startswith("nixpkgs refuses this Nix (2.8.0) while running "
+                                   "`nix flake check`:\n  This version of Nixpkgs requires")
+    assert "2.18" in (e.value.hint or "")
+
+
+# --- the guest kind (issue 13, item 15) ---------------------------------------------------
+
+
+def kinds_toml(tmp_path: Path) -> Path:
+    p = tmp_path / "images.toml"
+    p.write_text(f"""
+[build]
+artifacts = "{tmp_path / 'artifacts'}"
+[images.nixlxc]
+source = "nix"
+[images.nixlxc.nix]
+flake = "flake"
+host = "testhost"
+[images.nixvm]
+source = "nix"
+[images.nixvm.nix]
+flake = "flake"
+host = "testhost-baguette"
+""")
+    return p
+
+
+def test_the_key_evaluation_says_which_guest_the_configuration_is(
+        tmp_path: Path, nix_env: None) -> None:  # noqa: F811
+    """Read in the `nix eval` that gives the derivation paths: chromeos.guest.kind, else
+    boot.isContainer (a configuration without nix/modules), else nothing."""
+    write_flake(tmp_path / "flake")
+    run = stages.open_run(config.load(kinds_toml(tmp_path)), 1)
+    assert stages.key(run, stages.BASE, run.config.image("nixlxc")).inputs["kind"] == "crostini"
+    assert stages.key(run, stages.BASE, run.config.image("nixvm")).inputs["kind"] == "baguette"
+    for shape, kind in [("{ boot.isContainer = true; }", "crostini"),
+                        ("{ boot.isContainer = false; }", "baguette"), ("{ }", None)]:
+        write_flake(tmp_path / "flake", flake_nix=(
+            "{ outputs = { self }: { nixosConfigurations.testhost.config = " + shape +
+            " // { system.build.tarball = derivation { name = \"t\"; system = \"x\"; "
+            "builder = \"/bin/sh\"; }; }; }; }"))
+        run = stages.open_run(config.load(kinds_toml(tmp_path)), 1)
+        assert stages.key(run, stages.BASE, run.config.image("nixlxc")).inputs["kind"] == kind
+
+
+def test_the_other_image_kind_is_refused_before_anything_is_built(
+        tmp_path: Path, nix_env: None) -> None:  # noqa: F811
+    """`baguette:` of a Crostini configuration and `lxc:` of a Baguette one stop at the
+    kind guard, which doit runs before the base stage: no `nix build`, no store entry."""
+    from tests.support.doit import doit, ran
+
+    write_flake(tmp_path / "flake", motd=f"{tmp_path}\n")
+    kinds_toml(tmp_path)
+    vm = doit(tmp_path, "baguette:nixlxc", check=False)
+    out = vm.stdout + vm.stderr
+    assert vm.returncode != 0
+    assert ("nixlxc: nixosConfigurations.testhost is a Crostini container configuration; a "
+            "Baguette disk made from it (baguette:nixlxc) would not work") in out
+    assert ("hint: build `doit lxc:nixlxc` instead, or set images.nixlxc.nix.host to a "
+            "configuration that imports nixosModules.baguette (nix/ has sample-baguette)") in out
+    container = doit(tmp_path, "lxc:nixvm", check=False)
+    out = container.stdout + container.stderr
+    assert container.returncode != 0
+    assert ("nixvm: nixosConfigurations.testhost-baguette is a Baguette VM configuration; a "
+            "Crostini container made from it (lxc:nixvm) would not work") in out
+    assert "imports nixosModules.crostini (nix/ has sample-crostini)" in out
+    for proc in (vm, container):
+        assert not {t for t in ran(proc) if t.startswith("base:")}
+        assert "building /nix/store/" not in proc.stderr and "Traceback" not in out
+    assert not list((tmp_path / "artifacts").glob("store/base/*"))
+
+    # the matching kinds pass the guard (up to date: it ran nothing)
+    run = stages.open_run(config.load(kinds_toml(tmp_path)), 1)
+    stages.check_kind(run, stages.LXC, run.config.image("nixlxc"))
+    stages.check_kind(run, stages.PACK, run.config.image("nixvm"))
+    with pytest.raises(PipelineError, match="would not work"):
+        stages.key(run, stages.PACK, run.config.image("nixlxc"))
