@@ -39,8 +39,8 @@ CONF=$TOOLS/etc/standin.conf
 GROUPS_VMC="audio,cdrom,dialout,disk,floppy,kvm,netdev,plugdev,sudo,tss,video"
 SETUP_USER=""
 RESULTS=/dev/ttyS1
-GARCON_WAIT=300
-SETTLE_WAIT=300
+GARCON_WAIT=300  # seconds of the guest's uptime: garcon is up by then, or the checks go on
+SETTLE_WAIT=360  # likewise for the boot to finish
 KIND=baguette
 [ -r "$CONF" ] && . "$CONF"
 
@@ -128,15 +128,27 @@ garcon_up_or_hopeless() {
     return 0
 }
 
+uptime_s() {
+    # seconds since the guest started: the VM's uptime; in a container (whose /proc/uptime
+    # may be the host's) since tremplin started
+    up=$(bb cut -d. -f1 /proc/uptime)
+    echo $((up - $(bb cat "$STATE/t0" 2>/dev/null || echo 0)))
+}
+
 wait_for() {
-    # wait_for SECONDS TEST...: until the test passes or the time is up
+    # wait_for SECONDS TEST...: until the test passes, or the guest's uptime reaches SECONDS
+    # (a deadline from the boot, so a broken image cannot make each wait add up)
     limit=$1; shift
-    i=0
     while ! "$@"; do
-        i=$((i + 1))
-        [ "$i" -ge "$limit" ] && return 1
+        [ "$(uptime_s)" -ge "$limit" ] && return 1
         bb sleep 1
     done
+}
+
+wait_more() {
+    # wait_more SECONDS TEST...: SECONDS from now
+    limit=$(($(uptime_s) + $1)); shift
+    wait_for "$limit" "$@"
 }
 
 maitred() {
@@ -155,6 +167,7 @@ maitred() {
 
 tremplin() {
     state_dir
+    bb cut -d. -f1 /proc/uptime > "$STATE/t0"
     start_container_guest
     "$TOOLS/bin/conformance-check"
 }
@@ -207,7 +220,7 @@ garcon() {
         echo "garcon normally runs only as uid(1000). Use --allow_any_user to override" >&2
         exit 255
     fi
-    wait_for 60 [ -r /dev/.container_token ] || { echo "no container token" >&2; exit 1; }
+    wait_more 60 [ -r /dev/.container_token ] || { echo "no container token" >&2; exit 1; }
     record garcon
     while :; do
         if [ -e "$STATE/vsh.request" ]; then
@@ -310,16 +323,16 @@ check_env() {
     else verdict "$name-env" FAIL "missing or wrong:$missing"; fi
 }
 
+boot_finished() {
+    case "$(systemctl is-system-running 2>/dev/null)" in
+        running|degraded|maintenance|stopping) return 0 ;;
+    esac
+    return 1
+}
+
 settle() {
     # until the boot has finished (running, or degraded with failed units)
-    i=0
-    while :; do
-        s=$(systemctl is-system-running 2>/dev/null)
-        case "$s" in running|degraded|maintenance|stopping) return 0 ;; esac
-        i=$((i + 1))
-        [ "$i" -ge "$SETTLE_WAIT" ] && return 1
-        bb sleep 1
-    done
+    wait_for "$SETTLE_WAIT" boot_finished
 }
 
 shell_check() {
@@ -342,7 +355,7 @@ shell_check() {
         verdict shell FAIL "no garcon to start vshd (vsh ... --target_container=penguin)"
         verdict groups FAIL "no shell to ask"; verdict sudo FAIL "no shell to ask"; return
     fi
-    if ! wait_for 120 [ -e "$STATE/vsh.out" ]; then
+    if ! wait_more 120 [ -e "$STATE/vsh.out" ]; then
         verdict shell FAIL "garcon did not start vshd (no shell within 120 s)"; return
     fi
     out=$(bb cat "$STATE/vsh.out")
