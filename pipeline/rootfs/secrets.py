@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bz2
 import fnmatch
+import functools
 import io
 import json
 import lzma
@@ -53,7 +54,8 @@ RULES = Path(__file__).with_name("gitleaks.toml")
 CHUNK = 64 << 20  # files are read in pieces of this size (with OVERLAP), never truncated
 OVERLAP = 1 << 20
 WINDOWED = 4 << 20  # a file larger than this is read by the rule set around prefix hits only
-WINDOW = 256 << 10
+BEFORE = 1 << 10  # a window's reach before a prefix hit and (AFTER) past it
+AFTER = {"PRIVATE KEY": 64 << 10, "eyJ": 8 << 10}
 UNPACK_LIMIT = 256 << 20  # unpacked bytes per compressed file; past it the file is refused
 MAX_DEPTH = 3  # archives inside archives
 
@@ -376,10 +378,10 @@ TOO_LARGE = f"compressed file over {UNPACK_LIMIT >> 20} MiB (not scanned)"
 @dataclass
 class _Candidate:
     path: str
-    line_base: int = 0  # lines before the candidate's bytes in the file (an ELF gap)
     data: bytes | None = None
     offset: int = 0  # or a range of the rootfs tar
     size: int = 0
+    lines_before: Callable[[], int] = lambda: 0  # lines of the file before these bytes
 
 
 class _Scan:
@@ -399,9 +401,7 @@ class _Scan:
             self.found.append(Finding(path, line, kind))
         if head.startswith(ELF):
             for off, n in elf_gaps(head, size, lambda o, k: self.read(offset + o, k)):
-                gap = self.read(offset + off, n)
-                base = self.read(offset, off).count(b"\n") if off else 0
-                self.content(path, gap, base)
+                self.content(path, self.read(offset + off, n), self._counter(offset, off))
         elif head.startswith(AR):
             for name, data in ar_members(self.read(offset, size)):
                 self.nested(f"{path}:{name}", data, 1)
@@ -410,42 +410,44 @@ class _Scan:
                 self.found.append(Finding(path, 0, TOO_LARGE))
             elif not self.container(path, self.read(offset, size), 0):
                 self.candidates.append(_Candidate(path, offset=offset, size=size))
-        elif size > WINDOWED:
-            self.windows(path, offset, size)
-        elif not system_tree(path) or _PREFILTER.find_matches_as_indexes(head):
+        elif system_tree(path) or size > WINDOWED:
+            self.windows(path, offset, size, head)
+        else:
             self.candidates.append(_Candidate(path, offset=offset, size=size))
 
-    def windows(self, path: str, offset: int, size: int) -> None:
-        """A large file: the rule set reads WINDOW bytes on either side of each prefix hit
-        (gitleaks reads about 2.5 MB/s, so a whole 100 MiB dump would take a minute)."""
+    def windows(self, path: str, offset: int, size: int, head: bytes) -> None:
+        """The rule set reads the bytes around each prefix hit only: every file of a system
+        tree, and large files (gitleaks reads about 2.5 MB/s: a 100 MiB dump would take a
+        minute). A window reaches BEFORE bytes back and AFTER forward (a key's whole block)."""
         spans: list[tuple[int, int]] = []
-        pos = 0
-        while pos < size:
-            chunk = self.read(offset + pos, min(CHUNK, size - pos))
-            for _, start, _ in _PREFILTER.find_matches_as_indexes(chunk):
-                lo, hi = max(0, pos + start - WINDOW), min(size, pos + start + WINDOW)
+        pos, chunk = 0, head
+        while True:
+            for i, start, _ in _PREFILTER.find_matches_as_indexes(chunk):
+                lo = max(0, pos + start - BEFORE)
+                hi = min(size, pos + start + AFTER.get(PREFIXES[i], BEFORE))
                 if spans and lo <= spans[-1][1]:
-                    spans[-1] = (spans[-1][0], hi)
+                    spans[-1] = (spans[-1][0], max(hi, spans[-1][1]))
                 else:
                     spans.append((lo, hi))
             if pos + len(chunk) >= size:
                 break
             pos += len(chunk) - OVERLAP
-        lines, counted = 0, 0
+            chunk = self.read(offset + pos, min(CHUNK, size - pos))
         for lo, hi in spans:
-            data = self.read(offset + lo, hi - lo)
+            data = head[lo:hi] if hi <= len(head) else self.read(offset + lo, hi - lo)
             cut = data.find(b"\n") + 1 if lo else 0  # start on a line of its own
-            lines += self._count_lines(offset + counted, lo + cut - counted)
-            counted = lo + cut
-            self.candidates.append(_Candidate(path, lines, data=data[cut:]))
+            self.candidates.append(_Candidate(path, data=data[cut:],
+                                              lines_before=self._counter(offset, lo + cut)))
 
-    def _count_lines(self, offset: int, n: int) -> int:
-        total = 0
-        while n > 0:
-            piece = self.read(offset, min(n, CHUNK))
-            total += piece.count(b"\n")
-            offset, n = offset + len(piece), n - len(piece)
-        return total
+    def _counter(self, offset: int, n: int) -> Callable[[], int]:
+        """Counts the lines of the n bytes at offset when asked (only for a finding)."""
+        def count() -> int:
+            total, pos = 0, 0
+            while pos < n:
+                piece = self.read(offset + pos, min(n - pos, CHUNK))
+                total, pos = total + piece.count(b"\n"), pos + len(piece)
+            return total
+        return count
 
     def container(self, path: str, data: bytes, depth: int) -> bool:
         """Unpack a compressed file or a zip and scan its members; False if it is none."""
@@ -490,18 +492,18 @@ class _Scan:
             self.found.append(Finding(path, line, kind))
         if data.startswith(ELF):
             for off, n in elf_gaps(data, len(data), lambda o, k: data[o:o + k]):
-                self.content(path, data[off:off + n], data.count(b"\n", 0, off))
+                self.content(path, data[off:off + n], functools.partial(data.count, b"\n", 0, off))
         elif data.startswith(AR):
             for name, inner in ar_members(data):
                 self.nested(f"{path}:{name}", inner, depth + 1)
         elif not self.container(path, data, depth):
-            self.content(path, data, 0)
+            self.content(path, data, lambda: 0)
 
-    def content(self, path: str, data: bytes, line_base: int) -> None:
+    def content(self, path: str, data: bytes, lines_before: Callable[[], int]) -> None:
         if package_test_data(path):
             return
-        if not system_tree(path) or _PREFILTER.find_matches_as_indexes(data, overlapping=False):
-            self.candidates.append(_Candidate(path, line_base, data=data))
+        if not system_tree(path) or _PREFILTER.find_matches_as_indexes(data):
+            self.candidates.append(_Candidate(path, data=data, lines_before=lines_before))
 
     def run_rules(self, work: Path) -> None:
         """gitleaks over the candidates, each copied to a file named by its index."""
@@ -527,7 +529,7 @@ class _Scan:
                 hint="the secret scan runs gitleaks; run `python3 -m pipeline.hostsetup`")
             for hit in json.loads(report.read_bytes() or b"[]"):
                 c = self.candidates[int(Path(hit["File"]).name)]
-                self.found.append(Finding(c.path, c.line_base + int(hit["StartLine"]) - 1,
+                self.found.append(Finding(c.path, c.lines_before() + int(hit["StartLine"]) - 1,
                                           str(hit["RuleID"])))
 
 
