@@ -33,7 +33,10 @@ PACKAGES = [
 GITLEAKS = "gitleaks"
 BACKPORT_SUITE = "trixie"
 # the Crostini tests import into a real LXD; the publish test serves it over HTTPS (openssl)
-TEST_PACKAGES = ["lxd", "lxd-client", "openssl"]
+# the secret scan's NixOS-shaped tree is made of real packages that ship test keys, examples
+# and ELF files with key material: Python's test suite, xmlsec's examples, gnutls' tools
+TEST_PACKAGES = ["lxd", "lxd-client", "openssl", "libpython3.11-testsuite", "libxmlsec1-dev",
+                 "gnutls-bin"]
 
 
 def nix_packages() -> list[str]:

@@ -47,6 +47,7 @@ def inputs(image: Image, base_key: str, source_date_epoch: int | None,
         "source_date_epoch": source_date_epoch,
         "chromeos_integration": integration.VERSION if image.chromeos_integration else None,
         "secrets_allow": sorted(image.secrets_allow),
+        "secret_scan": secrets.VERSION,
     })
 
 
@@ -347,7 +348,8 @@ def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
                 finally:
                     os.close(fd)
                 with step("Scanning for secrets"):
-                    secrets.refuse(secrets.scan(tmp_out, image.secrets_allow), image.name)
+                    secrets.refuse(secrets.scan(tmp_out, image.secrets_allow, tmp),
+                                   image.name)
         finally:
             os.close(base_fd)
     finally:
