@@ -218,7 +218,8 @@ def _openpgp_secret(data: bytes) -> bool:
 
 
 def format_findings(path: str, data: bytes) -> list[tuple[int, str]]:
-    """Findings of the file formats no token rule can know, as (line, kind)."""
+    """Findings of the file formats no token rule can know, as (line, kind). `data` is the
+    file's first CHUNK bytes: these files are small, and the rule set reads the rest."""
     base = path.rsplit("/", 1)[-1]
     low = path.lower()
     checks: list[tuple[str, Callable[[], list[int]]]] = []
@@ -271,7 +272,7 @@ def format_findings(path: str, data: bytes) -> list[tuple[int, str]]:
         checks.append(("Hugging Face token file", lambda: _whole(data)))
     if base == "passwords.dat" and "/debconf/" in path:
         checks.append(("debconf password", lambda: _lines(data, DEBCONF_VALUE)))
-    if _openpgp_secret(data):
+    if not system_tree(path) and _openpgp_secret(data):  # a user's export, not package data
         checks.append(("OpenPGP secret key", lambda: [0]))
     return [(line, kind) for kind, lines in checks for line in lines()]
 
@@ -497,7 +498,7 @@ class _Scan:
         elif data.startswith(AR):
             for name, inner in ar_members(data):
                 self.nested(f"{path}:{name}", inner, depth + 1)
-        elif not self.container(path, data, depth):
+        elif system_tree(path) or not self.container(path, data, depth):
             self.content(path, data, lambda: 0)
 
     def content(self, path: str, data: bytes, lines_before: Callable[[], int]) -> None:

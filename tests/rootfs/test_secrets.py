@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import config
-from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.core.errors import ConfigError, PipelineError, ToolError
 from pipeline.rootfs import customize, secrets
 from tests.support import nixos_tree, secrets_corpus
 from tests.support.tools import tool_missing
@@ -116,6 +116,15 @@ def test_nixos_shaped_tree_of_real_packages_is_clean(tmp_path: Path) -> None:
     assert any(n.endswith("/examples/rsakey.pem") for n in names)
     assert any(n.endswith("/lib/x86_64-linux-gnu/libgnutls.a") for n in names)
     assert secrets.scan(tree, work=tmp_path) == []
+
+
+def test_without_gitleaks_the_scan_says_how_to_get_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    rootfs = tar_of(tmp_path / "r.tar", {f"{secrets_corpus.H}/.bashrc": b"alias ll='ls -l'\n"})
+    with pytest.raises(ToolError, match="'gitleaks' is not installed") as err:
+        secrets.scan(rootfs, work=tmp_path)
+    assert "pipeline.hostsetup" in err.value.hint
 
 
 def test_allowlist_takes_globs(tmp_path: Path) -> None:
