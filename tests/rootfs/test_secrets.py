@@ -83,6 +83,13 @@ def test_a_key_past_64_mib_is_found_on_its_line(
     assert {f.line for f in corpus_findings[plant.path]} == {line}
 
 
+def test_a_key_appended_to_an_elf_is_found_on_its_line(
+        corpus_findings: dict[str, list[secrets.Finding]]) -> None:
+    plant = next(p for p in CORPUS.planted if p.kind == "private key appended to an ELF binary")
+    line = plant.data[:plant.data.index(b"-----BEGIN OPENSSH")].count(b"\n") + 1
+    assert {f.line for f in corpus_findings[plant.path]} == {line}
+
+
 def test_message_names_path_kind_line_never_values(tmp_path: Path) -> None:
     plants = [p for p in CORPUS.planted if p.kind in (
         "GitHub personal access token", ".pgpass password", "AWS access key")]

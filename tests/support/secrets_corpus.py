@@ -102,6 +102,16 @@ def _openpgp_key(g: Gen, tag: int) -> bytes:
     return _openpgp_packet(tag, body) + uid + _openpgp_packet(2, b"\x04\x13" + g.raw(80))
 
 
+def _elf(rodata: bytes) -> bytes:
+    """A minimal ELF64 file whose one section (.rodata-like, PROGBITS) holds `rodata`."""
+    import struct
+    shoff = 64 + len(rodata) + (-len(rodata) % 8)
+    header = (b"\x7fELF\x02\x01\x01" + bytes(9)
+              + struct.pack("<HHIQQQIHHHHHH", 2, 0x3E, 1, 0, 0, shoff, 0, 64, 56, 0, 64, 2, 0))
+    section = struct.pack("<IIQQQQIIQQ", 0, 1, 2, 0, 64, len(rodata), 0, 0, 1, 0)
+    return header + rodata.ljust(shoff - 64, b"\0") + bytes(64) + section
+
+
 def _line(text: str, needle: str) -> int:
     return text[:text.index(needle)].count("\n") + 1
 
@@ -201,6 +211,13 @@ def build(seed: int = 16) -> Corpus:
     plant(f"{H}/bin/deploy", "private key in a file with the ELF magic",
           b"\x7fELF\x02\x01\x01" + bytes(9) + b"\n" + g.pem(
               "OPENSSH PRIVATE KEY", body=b"openssh-key-v1\0", n=300).encode())
+
+    # a real ELF: a key in its section is a compiled-in test vector; one appended is not
+    test_vector = g.pem("RSA PRIVATE KEY", n=600).encode()
+    decoy(f"{H}/bin/tls-selftest", _elf(b"selftest vector\0" + test_vector))
+    elf = _elf(b"vector\0" + test_vector) + b"\n" + g.pem(
+        "OPENSSH PRIVATE KEY", body=b"openssh-key-v1\0", n=300).encode()
+    plant(f"{H}/bin/sync-tool", "private key appended to an ELF binary", elf)
 
     # ---- cloud credentials -----------------------------------------------------------------
     sa = json.dumps({
