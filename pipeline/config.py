@@ -91,7 +91,8 @@ IMAGE_SETTINGS = (
             "given to ChromeOS's Linux setup (`vmc start --user`), see \"The user name\"."),
     Setting("uid", "int", 1000, "That user's uid (and gid)."),
     Setting("secrets_allow", "list", [],
-            "Paths (globs) the secret scan accepts, e.g. a test key a package ships."),
+            "Absolute paths (globs) the secret scan accepts, e.g. a test key a package ships; "
+            "the first component takes no wildcard (`*` alone is refused)."),
     Setting("chromeos_integration", "bool", True,
             "Write the ChromeOS guest units (tools mount, vshd, maitred, ...) into the rootfs."),
 )
@@ -361,6 +362,18 @@ def _required(where: str, values: dict[str, Any], key: str, settings: tuple[Sett
     return values[key]
 
 
+def _check_allow(where: str, patterns: tuple[str, ...]) -> None:
+    """An allowlist entry names a place: an absolute path whose first component has no
+    wildcard, so `*`, `/*`, `/**` or `*/id_rsa` cannot switch the secret scan off."""
+    for pattern in patterns:
+        first = pattern.lstrip("/").split("/", 1)[0]
+        if not pattern.startswith("/") or not first or any(ch in first for ch in "*?["):
+            raise ConfigError(
+                f"{where}: {pattern!r} would accept secrets anywhere in the tree",
+                hint="list the paths of the false positives, e.g. "
+                     "'/usr/share/pkg/test-key.pem'; the scan cannot be switched off")
+
+
 def _image(name: str, table: Any, base: Path) -> Image:
     where = f"images.{name}"
     if not _NAME_RE.match(name):
@@ -386,6 +399,7 @@ def _image(name: str, table: Any, base: Path) -> Image:
                           hint="lowercase letters, digits, '_' and '-', starting with a letter")
     if not 1 <= v["uid"] < 65534:
         raise ConfigError(f"{where}.uid: {v['uid']} is out of range", hint="use e.g. 1000")
+    _check_allow(f"{where}.secrets_allow", v["secrets_allow"])
     return Image(
         name=name, source=kind, description=v["description"], arch=v["arch"],
         hostname=v["hostname"] or name, dotfiles=dotfiles, user=v["user"], uid=v["uid"],

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -27,8 +28,15 @@ PACKAGES = [
     "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
     "xz-utils", "squashfs-tools-ng",
 ]  # uidmap: mmdebstrap's unshare mode, used when the build does not run as root
+# the secret scan's rule set (pipeline/rootfs/secrets.py): Debian packages it from trixie on,
+# so on bookworm that one package comes from trixie (it needs only libc6 >= 2.34)
+GITLEAKS = "gitleaks"
+BACKPORT_SUITE = "trixie"
 # the Crostini tests import into a real LXD; the publish test serves it over HTTPS (openssl)
-TEST_PACKAGES = ["lxd", "lxd-client", "openssl"]
+# the secret scan's NixOS-shaped tree is made of real packages that ship test keys, examples
+# and ELF files with key material: Python's test suite, xmlsec's examples, gnutls' tools
+TEST_PACKAGES = ["lxd", "lxd-client", "openssl", "libpython3.11-testsuite", "libxmlsec1-dev",
+                 "gnutls-bin"]
 
 
 def nix_packages() -> list[str]:
@@ -58,6 +66,37 @@ def install_packages(names: list[str]) -> None:
     subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
                     *missing], check=True, env=env)
+
+
+def install_gitleaks() -> None:
+    """gitleaks from the host's apt when it knows the package, else the one .deb from
+    BACKPORT_SUITE, fetched with a private apt state (the host's sources stay untouched, so
+    nothing else can come from that suite) and installed with the host's own dependencies."""
+    if not missing_packages([GITLEAKS]):
+        return
+    policy = subprocess.run(["apt-cache", "policy", GITLEAKS], capture_output=True, text=True,
+                            check=False).stdout
+    if "Candidate:" in policy and "Candidate: (none)" not in policy:
+        install_packages([GITLEAKS])
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    with tempfile.TemporaryDirectory(prefix="hostsetup-apt.") as tmp:
+        state = Path(tmp)
+        (state / "lists" / "partial").mkdir(parents=True)
+        (state / "cache" / "archives" / "partial").mkdir(parents=True)
+        (state / "sources.list").write_text(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+            f"http://deb.debian.org/debian {BACKPORT_SUITE} main\n")
+        opts = [f"-oDir::Etc::sourcelist={state / 'sources.list'}",
+                "-oDir::Etc::sourceparts=/nonexistent", f"-oDir::State::Lists={state / 'lists'}",
+                f"-oDir::Cache={state / 'cache'}", "-oAPT::Sandbox::User=root"]
+        print(f"setup: fetching {GITLEAKS} from Debian {BACKPORT_SUITE}")
+        subprocess.run(["apt-get", *opts, "update", "-qq"], check=True)
+        subprocess.run(["apt-get", *opts, "download", GITLEAKS], check=True, cwd=tmp)
+        deb = next(state.glob(f"{GITLEAKS}_*.deb"))
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                        str(deb)], check=True, env=env)
 
 
 def ensure_venv(extras: str) -> None:
@@ -93,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{' '.join(PACKAGES)} by hand", file=sys.stderr)
     else:
         install_packages(PACKAGES + nix_packages() + (TEST_PACKAGES if args.tests else []))
+        install_gitleaks()
     ensure_venv("test" if args.tests else "")
     return 0
 

@@ -275,7 +275,7 @@ CASES = [
     Case("tar-decompression-bomb-after-the-archive", "more than 64 MiB follow the archive's "
          "end-of-archive block", "base", tarball=gzip.compress(tar() + bytes(80 << 20), 1)),
     # --- the rootfs stage ---
-    Case("rootfs-secret-in-dotfiles", "/home/user/.aws/credentials: AWS access key", "rootfs",
+    Case("rootfs-secret-in-dotfiles", "/home/user/.aws/credentials:2: aws-access-token", "rootfs",
          setup=secret_dotfile),
     Case("rootfs-dotfile-over-a-base-directory", "dotfiles: /home/user/.bashrc is a directory "
          "in the base rootfs", "rootfs", setup=dotfile_bashrc,

@@ -55,6 +55,7 @@ def inputs(image: Image, base_key: str, source_date_epoch: int | None,
         "source_date_epoch": source_date_epoch,
         "chromeos_integration": integration.VERSION if image.chromeos_integration else None,
         "secrets_allow": sorted(image.secrets_allow),
+        "secret_scan": secrets.VERSION,
     })
 
 
@@ -389,14 +390,14 @@ def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
             if bootable:
                 require_init({name: e.info for name, e in entries.items()})
             count = _write_kind(entries, base_fd, image, Kind.VM, out, mtime,
-                                source_date_epoch, scan=True)
+                                source_date_epoch, scan_in=tmp)
             if container_out is not None and nixos(image):
                 with atomic_path(container_out) as tmp_out:  # the same tree
                     tmp_out.unlink()
                     os.link(out, tmp_out)
             elif container_out is not None:
                 _write_kind(entries, base_fd, image, Kind.CONTAINER, container_out, mtime,
-                            source_date_epoch, scan=False)
+                            source_date_epoch, scan_in=None)
         finally:
             os.close(base_fd)
     finally:
@@ -405,9 +406,10 @@ def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
 
 
 def _write_kind(common: dict[str, Entry], base_fd: int, image: Image, kind: Kind, out: Path,
-                mtime: int, sde: int | None, *, scan: bool) -> int:
-    """One kind's tree, ordered and written atomically to `out`. The container tree is the
-    VM tree without the VM's files, all of them the pipeline's own: one scan serves both."""
+                mtime: int, sde: int | None, *, scan_in: Path | None) -> int:
+    """One kind's tree, ordered and written atomically to `out`, and scanned for secrets with
+    `scan_in` as the scan's work directory. The container tree is the VM tree without the VM's
+    files, all of them the pipeline's own: one scan serves both."""
     entries = dict(common)
     if not nixos(image):
         _for_kind(entries, base_fd, image, kind, mtime)
@@ -418,7 +420,7 @@ def _write_kind(common: dict[str, Entry], base_fd: int, image: Image, kind: Kind
             write(ordered, base_fd, fd, sde)
         finally:
             os.close(fd)
-        if scan:
+        if scan_in is not None:
             with step("Scanning for secrets"):
-                secrets.refuse(secrets.scan(tmp_out, image.secrets_allow), image.name)
+                secrets.refuse(secrets.scan(tmp_out, image.secrets_allow, scan_in), image.name)
     return len(ordered)

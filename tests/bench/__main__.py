@@ -10,7 +10,8 @@ it is not in the store yet):
   guestfish `guestfish tar-in xattrs:true` into a fresh btrfs, when libguestfs is installed
 
 Each route runs REPEAT times; the medians and their ratios to `bare` are printed. This is
-a measurement, not a test: nothing here fails on a slow machine.
+a measurement, not a test: nothing here fails on a slow machine. Then incremental.py (no-op
+and one-dotfile builds) and secrets.py (the secret scan against the one it replaced).
 """
 
 from __future__ import annotations
@@ -118,4 +119,8 @@ if __name__ == "__main__":
     from tests.bench import incremental
 
     incremental.main()
+    print()
+    from tests.bench import secrets
+
+    secrets.main([])
     sys.exit(code)
