@@ -25,8 +25,9 @@ Lxc = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def run(lxc: Lxc, image: str, *, container: str, setup_user: str, dotfiles: tuple[str, ...],
-        work_dir: Path, timeout: float = 900) -> checks.Report:
-    """Launch `image` (an LXD alias) as `container`, run the checks; the report."""
+        work_dir: Path, log_path: Path, timeout: float = 900) -> checks.Report:
+    """Launch `image` (an LXD alias) as `container`, run the checks; the report. What the
+    checks printed is kept at `log_path`."""
     settings = toolsdisk.Settings("crostini", setup_user, "/dev/stdout", dotfiles)
     tmp = work_tempdir(work_dir, "crostini")
     try:
@@ -42,4 +43,6 @@ def run(lxc: Lxc, image: str, *, container: str, setup_user: str, dotfiles: tupl
                   check=False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(out.stdout + out.stderr)
     return checks.parse(out.stdout, "crostini", bool(setup_user))

@@ -166,6 +166,12 @@ maitred() {
 }
 
 tremplin() {
+    # `lxc exec` can come while the container still boots: its systemd-tmpfiles empties /tmp
+    # (our state) during sysinit, so start once sysinit.target is reached
+    i=0
+    until systemctl is-active -q sysinit.target 2>/dev/null || [ "$i" -ge 300 ]; do
+        i=$((i + 1)); bb sleep 1
+    done
     state_dir
     bb cut -d. -f1 /proc/uptime > "$STATE/t0"
     start_container_guest
