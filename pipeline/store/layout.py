@@ -27,6 +27,11 @@ from typing import Any
 from ..core.fsutil import atomic_write_bytes
 from .keys import StageInputs
 
+# Top-level names under <artifacts> that are the pipeline's own (an image may not take one):
+# the default publish tree is <artifacts>/publish.
+STORE, TMP, LOGS, CACHE, PUBLISH = "store", "tmp", "logs", ".cache", "publish"
+RESERVED = (STORE, TMP, LOGS, CACHE, PUBLISH)
+
 INPUTS_FILE = "inputs.json"
 FILES_FILE = "files.sha256"
 BUILD_FILE = "build.json"
@@ -41,7 +46,7 @@ class Layout:
 
     @property
     def store(self) -> Path:
-        return self.root / "store"
+        return self.root / STORE
 
     def entry(self, stage: str, key: str) -> Path:
         return self.store / stage / key
@@ -51,7 +56,7 @@ class Layout:
 
     @property
     def cache(self) -> Path:
-        return self.root / ".cache"
+        return self.root / CACHE
 
     @property
     def hash_memo(self) -> Path:
@@ -59,13 +64,13 @@ class Layout:
 
     @property
     def tmp(self) -> Path:
-        return self.root / "tmp"
+        return self.root / TMP
 
     def outputs(self, image: str) -> Path:
         return self.root / image
 
     def console_log(self, image: str, what: str) -> Path:
-        return self.root / "logs" / image / f"{what}.console.log"
+        return self.root / LOGS / image / f"{what}.console.log"
 
     def record(self, image: str, stage: str) -> Path:
         return self.outputs(image) / ".inputs" / f"{stage}.json"
