@@ -38,8 +38,8 @@ from .core.paths import NIX_DIR
 from .publish import tree as published_tree
 from .sources import nixcheck
 from .stages import IMAGE_NAME, OUTPUTS, STAGES, Run, Stage
-from .store import fsck, gc
-from .store.layout import explain_miss, read_record, recent_keys
+from .store import fsck
+from .store.layout import explain_miss, read_record
 
 T = TypeVar("T")
 
@@ -193,15 +193,12 @@ def _build(run: Run) -> Iterator[dict[str, Any]]:
 def _gc(run: Run) -> dict[str, Any]:
     """free store entries the config does not need (keeps the newest --keep N)"""
     def collect(keep: int) -> TaskFailed | None:
-        def act() -> None:
-            images = list(run.config.images)
-            gc.collect(run.store, stages.wanted_keys(run) | recent_keys(run.layout, images, keep))
-        return _action(act)()
+        return _action(lambda: stages.collect_garbage(run, keep))()
     return {
         "actions": [collect],
         "params": [{"name": "keep", "long": "keep", "type": int, "default": 2,
-                    "help": "newest entries to keep per stage and image, besides what "
-                            "images.toml needs"}],
+                    "help": "newest entries to keep per stage and image (of every config "
+                            "that built here), besides what images.toml needs"}],
         "uptodate": [False],
         "verbosity": 2,
     }
