@@ -186,6 +186,21 @@ def file_list(entry: Path) -> str:
     return "".join(lines)
 
 
+def recorded(entry: Path) -> dict[str, tuple[str, int]]:
+    """{path: (sha256, size)} as the entry's files.sha256 gives them ({} when it has none)."""
+    out: dict[str, tuple[str, int]] = {}
+    try:
+        listed = (entry / FILES_FILE).read_text()
+    except OSError:
+        return out
+    for line in listed.splitlines():
+        digest, _, rest = line.partition("  ")
+        size, _, rel = rest.partition("  ")
+        if size.isdigit() and rel:
+            out[rel] = (digest, int(size))
+    return out
+
+
 def problems(entry: Path, full: bool = True) -> list[str]:
     """What is wrong with a complete entry, compared with its `files.sha256` (empty: fine).
 

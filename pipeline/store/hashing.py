@@ -55,6 +55,15 @@ class FileHashMemo:
             self._dirty = True
         return digest
 
+    def note(self, path: Path, digest: str) -> None:
+        """Remember `digest` for `path` as it is now: the caller just made a new hard link to
+        a file whose bytes it had hashed (a link changes the ctime, not the content)."""
+        ident = self._identity(path.stat())
+        with self._lock:
+            if self._memo.get(ident) != digest:
+                self._memo[ident] = digest
+                self._dirty = True
+
     def save(self) -> None:
         with self._lock:
             if not self._dirty:
