@@ -172,7 +172,8 @@ def _rootfs_inputs(run: Run, image: Image) -> StageInputs:
 
 def _make_rootfs(run: Run, image: Image, d: Path) -> None:
     n = customize.customize(main_file(run, BASE, image), image, d / "rootfs.tar",
-                            work_dir=work_dir(run), source_date_epoch=run.source_date_epoch)
+                            work_dir=work_dir(run), source_date_epoch=run.source_date_epoch,
+                            dotfiles_key=key(run, ROOTFS, image).inputs["dotfiles"])
     info(f"{n} entries")
 
 

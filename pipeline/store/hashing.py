@@ -1,8 +1,10 @@
 """Content hashes: of files (memoised by stat identity) and of trees.
 
-A file's hash is remembered under (device, inode, size, mtime_ns), so an up-to-date check
-never re-reads a multi-GB artifact that has not changed. The memo lives in one JSON file and
-is written atomically.
+A file's hash is remembered under (device, inode, size, mtime_ns, ctime_ns), so an up-to-date
+check never re-reads a multi-GB artifact that has not changed. The ctime is there because no
+one can set it: an in-place edit that keeps the size and puts the mtime back (`dd
+conv=notrunc` + `touch -d`) still changes it. The memo lives in one JSON file and is written
+atomically.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class FileHashMemo:
 
     @staticmethod
     def _identity(st: os.stat_result) -> str:
-        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
     def sha256(self, path: Path) -> str:
         st = path.stat()
@@ -77,6 +79,10 @@ class FileHashMemo:
             pass  # a cache: not saving it costs the next run a re-hash, nothing else
 
 
+def _raise(exc: OSError) -> None:
+    raise exc  # an unreadable directory is an error, not an empty one
+
+
 def tree_digests(root: Path, memo: FileHashMemo | None = None) -> dict[str, str]:
     """{relative path: "mode:sha256"} for every entry under root (content, modes, names; no mtimes).
 
@@ -86,7 +92,7 @@ def tree_digests(root: Path, memo: FileHashMemo | None = None) -> dict[str, str]
     out: dict[str, str] = {}
     if not root.exists():
         return out
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
         dirnames.sort()
         base = Path(dirpath)
         for name in sorted(dirnames + filenames):
