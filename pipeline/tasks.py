@@ -22,6 +22,7 @@ the pipeline's message and hint, without a Python traceback.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from doit.exceptions import TaskFailed
+from doit.globals import Globals
 
 from . import stages
 from .config import Config, Image
@@ -257,6 +259,7 @@ GROUPS: dict[str, Callable[[Run], Any]] = {
 
 def _creator(make: Callable[[], Any], doc: str) -> Callable[[], Any]:
     def creator() -> Any:
+        exit_on_config_error(_check_doit_state)
         return make()
     creator.__doc__ = doc
     return creator
@@ -272,6 +275,22 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
         out[stage.name] = _creator(partial(_per_image, run, stage),
                                    f"{stage.name}:<image>: {stage.summary}")
     return {f"task_{name}": fn for name, fn in out.items()}
+
+
+def _check_doit_state() -> None:
+    """doit writes its state file after the last task: one it cannot write would end a
+    successful build in a traceback, so say it before anything runs. doit has opened the
+    file (Globals.dep_manager) when it calls the task creators."""
+    manager = Globals.dep_manager
+    if manager is None:
+        return
+    state = Path(manager.name).absolute()
+    for path in (state, state.parent):  # SQLite writes a journal beside the file
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PipelineError(
+                f"doit's state {state} is not writable ({path} is read-only): doit could not "
+                "record this run", hint=f"make it writable (chmod u+w {path}), or remove "
+                f"{state.name}: doit starts a new one and the store keeps every build")
 
 
 def exit_on_config_error(fn: Callable[[], T]) -> T:

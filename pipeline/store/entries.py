@@ -29,7 +29,7 @@ from pathlib import Path
 from ..core.errors import PipelineError
 from ..core.fsutil import atomic_dir, link_or_copy, remove_stale_temps
 from ..core.log import warn
-from .hashing import sha256_file
+from .hashing import file_digest
 from .keys import StageInputs
 from .layout import FILES_FILE, INPUTS_FILE, Layout
 
@@ -173,7 +173,8 @@ class Store:
 
 
 def file_list(entry: Path) -> str:
-    """`files.sha256` of a directory: "sha256  size  path" per file, sorted."""
+    """`files.sha256` of a directory: "sha256  size  path" per file, sorted (a file with
+    holes gets hashing.sparse_sha256, which does not read them)."""
     lines = []
     for dirpath, dirnames, filenames in os.walk(entry):
         dirnames.sort()
@@ -182,7 +183,7 @@ def file_list(entry: Path) -> str:
             rel = p.relative_to(entry).as_posix()
             if rel in (FILES_FILE, INPUTS_FILE) or p.is_symlink():
                 continue
-            lines.append(f"{sha256_file(p)}  {p.stat().st_size}  {rel}\n")
+            lines.append(f"{file_digest(p)}  {p.stat().st_size}  {rel}\n")
     return "".join(lines)
 
 
@@ -229,7 +230,7 @@ def problems(entry: Path, full: bool = True) -> list[str]:
             continue
         if actual != size:
             found.append(f"{rel} has {actual} bytes, {size} expected")
-        elif (full or size <= CHEAP_HASH) and sha256_file(p) != digest:
+        elif (full or size <= CHEAP_HASH) and file_digest(p, like=digest) != digest:
             found.append(f"{rel} does not match its sha256")
     return found
 

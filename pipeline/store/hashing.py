@@ -29,6 +29,74 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+SPARSE = "sparse-sha256:"  # the prefix of a sparse_sha256 digest in files.sha256
+BLOCK = 4096
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+def has_holes(path: Path) -> bool:
+    """Does the file have a hole before its end (SEEK_HOLE)?"""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            return os.lseek(f.fileno(), 0, os.SEEK_HOLE) < size
+        except (OSError, ValueError):  # no SEEK_HOLE here (pyfakefs raises ValueError)
+            return False
+
+
+def sparse_sha256(path: Path) -> str:
+    """A digest of a file's bytes that skips its holes: sha256 over its size, then its 4 KiB
+    blocks in order, each all-zero run as b"Z" + its length in blocks and every other block
+    as b"D" + its bytes. It depends on the bytes only (a hole and written zeros give the same
+    digest), and reads only the data regions (SEEK_DATA / SEEK_HOLE)."""
+    h = hashlib.sha256()
+    zeros = 0
+
+    def block(data: bytes) -> None:
+        nonlocal zeros
+        if data == _ZERO_BLOCK[:len(data)]:
+            zeros += 1
+            return
+        if zeros:
+            h.update(b"Z" + zeros.to_bytes(8, "little"))
+            zeros = 0
+        h.update(b"D" + data)
+
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        h.update(size.to_bytes(8, "little"))
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA) // BLOCK * BLOCK
+            except OSError:  # ENXIO: only a hole is left
+                data = size
+            zeros += (min(data, size) - pos + BLOCK - 1) // BLOCK
+            if data >= size:
+                break
+            end = min(-(-os.lseek(fd, data, os.SEEK_HOLE) // BLOCK) * BLOCK, size)
+            while data < end:
+                chunk = os.pread(fd, min(CHUNK, end - data), data)
+                if not chunk:
+                    raise OSError(f"{path}: shorter than its size while hashing")
+                for i in range(0, len(chunk), BLOCK):
+                    block(chunk[i:i + BLOCK])
+                data += len(chunk)
+            pos = end
+    if zeros:
+        h.update(b"Z" + zeros.to_bytes(8, "little"))
+    return h.hexdigest()
+
+
+def file_digest(path: Path, like: str = "") -> str:
+    """The digest files.sha256 records for `path`: the plain sha256, or for a file with holes
+    (a raw disk image) SPARSE + sparse_sha256. With `like`, a digest recorded earlier, the
+    same kind is computed, to compare with it."""
+    sparse = like.startswith(SPARSE) if like else has_holes(path)
+    return SPARSE + sparse_sha256(path) if sparse else sha256_file(path)
+
+
 class FileHashMemo:
     """sha256 of files, remembered by stat identity in `memo_path`."""
 
