@@ -27,8 +27,9 @@ PACKAGES = [
     "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
     "xz-utils", "squashfs-tools-ng",
 ]  # uidmap: mmdebstrap's unshare mode, used when the build does not run as root
-# the Crostini tests import into a real LXD; the publish test serves it over HTTPS (openssl)
-TEST_PACKAGES = ["lxd", "lxd-client", "openssl"]
+# the Crostini tests import into a real LXD; the publish test serves it over HTTPS (openssl);
+# the fault-injection test kills publish, gc and fsck at chosen system calls (strace)
+TEST_PACKAGES = ["lxd", "lxd-client", "openssl", "strace"]
 
 
 def nix_packages() -> list[str]:

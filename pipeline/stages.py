@@ -405,6 +405,8 @@ def collect_garbage(run: Run, keep: int, min_age: float = gc.MIN_AGE) -> gc.Coll
     """`doit gc`: keep what the config needs, the newest `keep` builds of every image built
     here (whatever config built it) and what was recorded in the last `min_age` seconds;
     gc itself keeps entries a process holds and entries younger than that."""
+    remove_stale_run_dirs(run.layout.tmp)  # what killed builds (and a killed gc) left
+    run.store.sweep()
     images = run.layout.images()
     wanted = (wanted_keys(run) | recent_keys(run.layout, images, keep)
               | recorded_since(run.layout, images, min_age))

@@ -40,7 +40,7 @@ from .core.paths import NIX_DIR
 from .publish import tree as published_tree
 from .sources import nixcheck
 from .stages import IMAGE_NAME, OUTPUTS, STAGES, Run, Stage
-from .store import fsck
+from .store import fsck, gc
 from .store.layout import explain_miss, read_record
 
 T = TypeVar("T")
@@ -194,13 +194,17 @@ def _build(run: Run) -> Iterator[dict[str, Any]]:
 
 def _gc(run: Run) -> dict[str, Any]:
     """free store entries the config does not need (keeps the newest --keep N)"""
-    def collect(keep: int) -> TaskFailed | None:
-        return _action(lambda: stages.collect_garbage(run, keep))()
+    def collect(keep: int, min_age: int) -> TaskFailed | None:
+        return _action(lambda: stages.collect_garbage(run, keep, min_age * 60))()
     return {
         "actions": [collect],
         "params": [{"name": "keep", "long": "keep", "type": int, "default": 2,
                     "help": "newest entries to keep per stage and image (of every config "
-                            "that built here), besides what images.toml needs"}],
+                            "that built here), besides what images.toml needs"},
+                   {"name": "min_age", "long": "min-age", "type": int,
+                    "default": gc.MIN_AGE // 60,
+                    "help": "minutes: entries built (or recorded by a build) more recently "
+                            "are kept, whatever config built them"}],
         "uptodate": [False],
         "verbosity": 2,
     }

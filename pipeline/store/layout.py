@@ -120,11 +120,12 @@ def claim(layout: Layout) -> None:
         if not foreign:
             atomic_write_bytes(root / MARK, MARK_TEXT)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise PipelineError(f"build.artifacts: cannot write the store under {root}: "
                             f"{exc.strerror} ({exc.filename})",
-                            hint="build.artifacts must name a writable directory") from None
+                            hint="free space there, or point build.artifacts at a larger disk"
+                            if full else "build.artifacts must name a writable directory"
+                            ) from None
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
                                           else "")
