@@ -194,7 +194,7 @@ def _build(run: Run) -> Iterator[dict[str, Any]]:
 
 def _gc(run: Run) -> dict[str, Any]:
     """free store entries the config does not need (keeps the newest --keep N)"""
-    def collect(keep: int, min_age: int) -> TaskFailed | None:
+    def collect(keep: int, min_age: int = gc.MIN_AGE // 60) -> TaskFailed | None:
         return _action(lambda: stages.collect_garbage(run, keep, min_age * 60))()
     return {
         "actions": [collect],

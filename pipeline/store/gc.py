@@ -4,8 +4,8 @@ The caller says what is wanted (the keys the current images.toml needs, the newe
 the build history of every image in the artifacts directory, whatever config built it:
 layout.recent_keys); everything else is removed, renamed out of the way first, so a
 concurrent build never sees a half-deleted entry under a valid name. Whatever the config,
-an entry is kept while any process holds its lock (a build making or reading it) and while
-it is younger than MIN_AGE: another config's build may be about to read it.
+an entry is kept while any process holds its lock (a build making or reading it), and `doit
+gc` keeps it while it is younger than MIN_AGE: another config's build may be about to read it.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ def _age(entry: Path) -> float:
 
 
 def collect(store: Store, wanted: set[str], dry_run: bool = False,
-            min_age: float = MIN_AGE) -> Collected:
+            min_age: float = 0) -> Collected:
     """Remove every complete entry whose key is not in `wanted`, that no process holds and
-    that is older than `min_age` seconds."""
+    that is older than `min_age` seconds (`doit gc` passes MIN_AGE: stages.collect_garbage)."""
     removed: list[Path] = []
     freed = kept = in_use = recent = 0
     for stage, entries in store.entries().items():
