@@ -248,7 +248,9 @@ def _note_read(read: dict[str, str], rel: str, st: os.stat_result, path: Path) -
     elif stat.S_ISDIR(st.st_mode):
         read[rel] = f"dir:{stat.S_IMODE(st.st_mode):o}"
     elif stat.S_ISREG(st.st_mode):
-        read[rel] = f"{stat.S_IMODE(st.st_mode):o}:"
+        prefix = f"{stat.S_IMODE(st.st_mode):o}:"
+        if not read.get(rel, "").startswith(prefix):  # walked again (a second copy): kept
+            read[rel] = prefix
     else:
         read[rel] = f"special:{stat.S_IFMT(st.st_mode):o}"
 
@@ -273,7 +275,11 @@ def _dotfile_chunks(e: Entry, size: int, read: dict[str, str]) -> Iterator[bytes
         if left or f.read(1):
             raise PipelineError(f"dotfiles: {e.path} changed while building",
                                 hint="run the build again")
-    read[e.dotfile] = read.get(e.dotfile, "") + h.hexdigest()
+    mode, _, before = read.get(e.dotfile, ":").partition(":")
+    if before and before != h.hexdigest():  # streamed twice (a second copy), not alike
+        raise PipelineError(f"dotfiles: {e.path} changed while building",
+                            hint="run the build again")
+    read[e.dotfile] = f"{mode}:{h.hexdigest()}"
 
 
 def _check_read(read: dict[str, str], keyed: dict[str, str] | None) -> None:
