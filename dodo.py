@@ -23,4 +23,5 @@ DOIT_CONFIG = {
 CONFIG_PATH = Path(os.environ.get("IMAGES_TOML") or Path(__file__).parent / "images.toml")
 CONFIG = exit_on_config_error(lambda: config.load(CONFIG_PATH.resolve()))
 
-globals().update(creators(CONFIG, exit_on_config_error(source_date_epoch)))
+SOURCE_DATE_EPOCH = exit_on_config_error(source_date_epoch)
+globals().update(exit_on_config_error(lambda: creators(CONFIG, SOURCE_DATE_EPOCH)))

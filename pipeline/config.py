@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.errors import ConfigError
+from .store.layout import CACHE, LOGS, PUBLISH, RESERVED, STORE, TMP
 
 
 class Accel(enum.Enum):
@@ -274,6 +276,7 @@ class Config:
 # --- validation ----------------------------------------------------------------------------
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # RFC 1123, ASCII only
 
 
 def _check_type(where: str, s: Setting, value: Any, base: Path) -> Any:
@@ -379,6 +382,10 @@ def _image(name: str, table: Any, base: Path) -> Image:
     if not _NAME_RE.match(name):
         raise ConfigError(f"{where}: bad image name",
                           hint="use lowercase letters, digits and '-' (it names files and tasks)")
+    if name in RESERVED:
+        raise ConfigError(f"{where}: the name {name!r} is reserved: <artifacts>/{name}/ is the "
+                          "pipeline's own", hint=f"choose another name ({', '.join(RESERVED[:-2])}"
+                          f" and {PUBLISH} are taken)")
     v = _section(where, table, IMAGE_SETTINGS, base,
                  ("debian", "tarball", "nix", "baguette", "lxc"))
     kind = SourceKind(_required(where, v, "source", IMAGE_SETTINGS))
@@ -400,6 +407,8 @@ def _image(name: str, table: Any, base: Path) -> Image:
     if not 1 <= v["uid"] < 65534:
         raise ConfigError(f"{where}.uid: {v['uid']} is out of range", hint="use e.g. 1000")
     _check_allow(f"{where}.secrets_allow", v["secrets_allow"])
+    if kind is not SourceKind.NIX:  # a NixOS configuration sets its own hostname
+        _check_hostname(where, v["hostname"] or name, bool(v["hostname"]))
     return Image(
         name=name, source=kind, description=v["description"], arch=v["arch"],
         hostname=v["hostname"] or name, dotfiles=dotfiles, user=v["user"], uid=v["uid"],
@@ -407,6 +416,29 @@ def _image(name: str, table: Any, base: Path) -> Image:
         secrets_allow=v["secrets_allow"], debian=debian, tarball=tarball, nix=nix,
         baguette=baguette, lxc=lxc,
     )
+
+
+def _check_hostname(where: str, hostname: str, explicit: bool) -> None:
+    """RFC 1123: dot-separated labels of ASCII letters, digits and '-' (it goes into
+    /etc/hostname and /etc/hosts as it is)."""
+    labels = hostname.split(".")
+    if len(hostname) <= 253 and all(_LABEL_RE.fullmatch(label) for label in labels):
+        return
+    rule = ("letters, digits and '-' in labels of 1 to 63 characters separated by dots, "
+            "none starting or ending with '-' (RFC 1123)")
+    raise ConfigError(
+        f"{where}.hostname: {hostname!r} is not a valid hostname",
+        hint=rule if explicit else f"the image name is the default hostname: set hostname, {rule}")
+
+
+def _file_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def _source(name: str, kind: SourceKind, table: dict[str, Any], base: Path
@@ -424,9 +456,14 @@ def _source(name: str, kind: SourceKind, table: dict[str, Any], base: Path
     if kind is SourceKind.TARBALL:
         t = _section(f"{where}.tarball", table.get("tarball", {}), TARBALL_SETTINGS, base)
         path = _required(f"{where}.tarball", t, "path", TARBALL_SETTINGS)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"{where}.tarball.path: {path} does not exist",
                               hint="give the path of a rootfs tarball, relative to images.toml")
+        if not path.is_file():
+            raise ConfigError(f"{where}.tarball.path: {path} is not a regular file "
+                              f"({_file_kind(path)})",
+                              hint="give the path of a rootfs tarball file, not a directory "
+                              "or a device")
         return None, TarballSource(path), None
     return None, None, _nix_source(name, table, base)
 
@@ -511,6 +548,9 @@ def parse(text: str, path: Path) -> Config:
         if name not in images:
             raise ConfigError(f"build.default_images: no image named {name!r}",
                               hint=f"known images: {', '.join(images)}")
+    if b["vm_timeout"] < 1:
+        raise ConfigError(f"build.vm_timeout: {b['vm_timeout']} is not a positive number of "
+                          "seconds", hint="the default is 900; a slow machine may need more")
     build = BuildOptions(
         default_images=tuple(default),
         accel=Accel(b["accel"]),
@@ -519,8 +559,45 @@ def parse(text: str, path: Path) -> Config:
         kernel=b["kernel"],
         artifacts=b["artifacts"],
     )
-    return Config(path=path, build=build, images=images,
-                  publish=_publish(data.get("publish", {}), base, build, list(images)))
+    publish = _publish(data.get("publish", {}), base, build, list(images))
+    _check_locations(build.artifacts, publish.dir, images)
+    return Config(path=path, build=build, images=images, publish=publish)
+
+
+def _check_locations(artifacts: Path, publish_dir: Path, images: dict[str, Image]) -> None:
+    """No directory inside another one that would sweep or swallow it: the pipeline removes
+    what it made under the artifacts directory, copies the dotfiles into the image, and lists
+    the whole publish tree in its SHA256SUMS."""
+    a, p = artifacts.resolve(), publish_dir.resolve()
+    if a in (Path("/"), Path.home().resolve()):
+        raise ConfigError(f"build.artifacts: {artifacts} is {'/' if a == Path('/') else '$HOME'}",
+                          hint="give the artifacts a directory of their own, such as "
+                          "~/cros-artifacts (it is created, and only what the pipeline made "
+                          "there is ever removed)")
+    for image in images.values():
+        d = image.dotfiles.resolve() if image.dotfiles is not None else None
+        if d is not None and a.is_relative_to(d):
+            raise ConfigError(f"build.artifacts: {artifacts} is inside the dotfiles of "
+                              f"images.{image.name} ({image.dotfiles})",
+                              hint="every build would copy the store into the image: put the "
+                              "artifacts outside the dotfiles")
+        if d is not None and p.is_relative_to(d):
+            raise ConfigError(f"publish.dir: {publish_dir} is inside the dotfiles of "
+                              f"images.{image.name} ({image.dotfiles})",
+                              hint="every build would copy the published tree into the image: "
+                              "publish outside the dotfiles")
+    if a.is_relative_to(p):
+        raise ConfigError(f"publish.dir: {publish_dir} holds the artifacts directory "
+                          f"{artifacts}", hint="the published tree would list the store: "
+                          "publish beside the artifacts, or leave publish.dir unset "
+                          f"(<artifacts>/{PUBLISH})")
+    if p.is_relative_to(a):
+        top = p.relative_to(a).parts[0]
+        if top in (STORE, TMP, LOGS, CACHE) or top in images:
+            raise ConfigError(f"publish.dir: {publish_dir} is inside {artifacts / top}, which "
+                              "the pipeline manages (a store, work files or an image's outputs)",
+                              hint="point publish.dir at a directory of its own, or leave it "
+                              f"unset (<artifacts>/{PUBLISH})")
 
 
 def _publish(table: Any, base: Path, build: BuildOptions, known: list[str]) -> PublishOptions:
@@ -533,8 +610,11 @@ def _publish(table: Any, base: Path, build: BuildOptions, known: list[str]) -> P
         if name not in known:
             raise ConfigError(f"publish.images: no image named {name!r}",
                               hint=f"known images: {', '.join(known)}")
-    return PublishOptions(dir=p["dir"] or build.artifacts / "publish", keep=p["keep"],
+    return PublishOptions(dir=p["dir"] or build.artifacts / PUBLISH, keep=p["keep"],
                           images=tuple(names), base_url=p["base_url"].rstrip("/"))
+
+
+SOURCE_DATE_EPOCH_MAX = 8**11 - 1  # 11 octal digits: a tar header's mtime field
 
 
 def source_date_epoch(env: Mapping[str, str] = os.environ) -> int | None:
@@ -542,18 +622,26 @@ def source_date_epoch(env: Mapping[str, str] = os.environ) -> int | None:
     value = env.get("SOURCE_DATE_EPOCH", "")
     if not value:
         return None
-    if not value.isdigit():
-        raise ConfigError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
-                          hint="set it to a unix time such as $(git log -1 --format=%ct)")
+    hint = "set it to a unix time such as $(git log -1 --format=%ct)"
+    if re.fullmatch(r"[0-9]+", value) is None:
+        raise ConfigError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds", hint=hint)
+    if int(value) > SOURCE_DATE_EPOCH_MAX:
+        raise ConfigError(f"SOURCE_DATE_EPOCH={value} is after {SOURCE_DATE_EPOCH_MAX} "
+                          "(2242-03-16), the last time a tar header holds", hint=hint)
     return int(value)
 
 
 def load(path: Path) -> Config:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found",
                           hint="run doit from the project root, or create images.toml") from None
+    try:
+        text = data.decode("utf-8")  # TOML is UTF-8, whatever the locale says
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})",
+                          hint="TOML files are UTF-8: save images.toml as UTF-8") from None
     return parse(text, path)
 
 

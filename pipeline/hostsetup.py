@@ -35,8 +35,9 @@ BACKPORT_SUITE = "trixie"
 # the Crostini tests import into a real LXD; the publish test serves it over HTTPS (openssl)
 # the secret scan's NixOS-shaped tree is made of real packages that ship test keys, examples
 # and ELF files with key material: Python's test suite, xmlsec's examples, gnutls' tools
+# the fault-injection test kills publish, gc and fsck at chosen system calls (strace)
 TEST_PACKAGES = ["lxd", "lxd-client", "openssl", "libpython3.11-testsuite", "libxmlsec1-dev",
-                 "gnutls-bin"]
+                 "gnutls-bin", "strace"]
 
 
 def nix_packages() -> list[str]:

@@ -22,6 +22,7 @@ import contextlib
 import json
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from .conformance import baguette as conformance
 from .conformance import checks
 from .conformance.toolsdisk import dotfile_names
 from .core.errors import PipelineError
-from .core.fsutil import atomic_write_bytes, remove_stale_work
+from .core.fsutil import atomic_write_bytes, hold_run_dir, remove_stale_run_dirs
 from .core.log import info, step, warn
 from .core.run import require_version
 from .lxc import image as lxc
@@ -42,15 +43,19 @@ from .lxc.metadata import Properties
 from .rootfs import customize
 from .sources import lxd_metadata, source_for
 from .sources.nix import wrong_kind
+from .store import gc
 from .store.entries import Store, link_output, problems
 from .store.hashing import FileHashMemo, sha256_file
 from .store.keys import StageInputs
 from .store.layout import (
     BUILD_FILE,
     Layout,
+    claim,
     explain_miss,
     read_entry_inputs,
     read_record,
+    recent_keys,
+    recorded_since,
     write_record,
 )
 from .vmhelper import appliance as appliance_mod
@@ -64,7 +69,8 @@ IMAGE_NAME = "baguette_rootfs.img.zst"
 class Run:
     """One invocation's state: the config, SOURCE_DATE_EPOCH, the artifacts layout, the
     store, the hash memo; stage keys are computed once per run (inputs do not change while
-    it runs), and the appliance is built at most once."""
+    it runs), and the appliance is built at most once. `held` holds the run's own work
+    directory (and its lock) until the run is garbage or the process ends."""
 
     config: Config
     source_date_epoch: int | None
@@ -73,24 +79,28 @@ class Run:
     memo: FileHashMemo
     keys: dict[tuple[str, str], StageInputs] = field(default_factory=dict)
     appliance: appliance_mod.Appliance | None = None
-    swept: bool = False
+    work: Path | None = None
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
 
 def open_run(config: Config, source_date_epoch: int | None) -> Run:
+    """A run on the config's artifacts directory, which must be the pipeline's (claim)."""
     layout = Layout(config.build.artifacts)
-    return Run(config, source_date_epoch, layout, Store(layout), FileHashMemo(layout.hash_memo))
+    claim(layout)
+    run = Run(config, source_date_epoch, layout, Store(layout), FileHashMemo(layout.hash_memo))
+    weakref.finalize(run, run.held.close)
+    return run
 
 
 def work_dir(run: Run) -> Path:
-    """The temporary files' directory. The first call of a run removes what killed builds
-    left there: their work directories, and half-built store entries no build holds."""
-    d = run.layout.tmp
-    d.mkdir(parents=True, exist_ok=True)
-    if not run.swept:
-        remove_stale_work(d)
+    """This run's own directory for temporary files (`tmp/run.<id>/`, held by a lock until
+    the run ends). The first call removes what killed builds left: their run directories,
+    and half-built store entries no build holds."""
+    if run.work is None:
+        remove_stale_run_dirs(run.layout.tmp)
         run.store.sweep()
-        run.swept = True
-    return d
+        run.work = hold_run_dir(run.layout.tmp, run.held)
+    return run.work
 
 
 # --- the VM helper ------------------------------------------------------------------------
@@ -179,7 +189,8 @@ def _rootfs_inputs(run: Run, image: Image) -> StageInputs:
 def _make_rootfs(run: Run, image: Image, d: Path) -> None:
     n = customize.customize(main_file(run, BASE, image), image, d / customize.VM_TAR,
                             work_dir=work_dir(run), source_date_epoch=run.source_date_epoch,
-                            container_out=d / customize.CONTAINER_TAR, bootable=True)
+                            container_out=d / customize.CONTAINER_TAR, bootable=True,
+                            dotfiles_key=key(run, ROOTFS, image).inputs["dotfiles"])
     info(f"{n} entries")
 
 
@@ -315,6 +326,7 @@ LXC = Stage("lxc", "Writing the LXC image", "{image}: the Crostini container ima
             "<artifacts>/{image}/lxc/", ("rootfs",), _lxc_inputs, _make_lxc,
             "one image's Crostini container (metadata + rootfs tarballs)", stable=_lxc_names)
 STAGES = (BASE, ROOTFS, PACK, BAGUETTE, LXC)
+STAGE = {s.name: s for s in STAGES}
 OUTPUTS = (BAGUETTE, LXC)  # the stages whose files users take (doit build:baguette/lxc)
 
 
@@ -352,12 +364,20 @@ def _build_entry(run: Run, stage: Stage, image: Image, si: StageInputs) -> None:
         run.store.remove_stale(si)  # what a killed build of this key left
         why = explain_miss(read_record(run.layout, image.name, si.stage), si)
         title = stage.title.format(source=image.source.value)
-        with step(f"{title} [{image.name}] ({why})"), run.store.new_entry(si) as tmp:
-            started = time.monotonic()
-            facts = stage.make(run, image, tmp) or {}
-            atomic_write_bytes(tmp / BUILD_FILE, json.dumps(
-                {"built_at": int(time.time()), "seconds": round(time.monotonic() - started, 3),
-                 **facts}, indent=1, sort_keys=True).encode())
+        with contextlib.ExitStack() as reading:
+            for upstream in stage.after:  # held while read, so gc leaves them alone
+                if upstream != "appliance":
+                    reading.enter_context(run.store.using(key(run, STAGE[upstream], image)))
+            _make_entry(run, stage, image, si, f"{title} [{image.name}] ({why})")
+
+
+def _make_entry(run: Run, stage: Stage, image: Image, si: StageInputs, title: str) -> None:
+    with step(title), run.store.new_entry(si) as tmp:
+        started = time.monotonic()
+        facts = stage.make(run, image, tmp) or {}
+        atomic_write_bytes(tmp / BUILD_FILE, json.dumps(
+            {"built_at": int(time.time()), "seconds": round(time.monotonic() - started, 3),
+             **facts}, indent=1, sort_keys=True).encode())
 
 
 def is_current(run: Run, stage: Stage, image: Image) -> bool:
@@ -399,6 +419,18 @@ def wanted_keys(run: Run) -> set[str]:
     with contextlib.suppress(PipelineError):
         keys.add(appliance_inputs(run).key)
     return keys
+
+
+def collect_garbage(run: Run, keep: int, min_age: float = gc.MIN_AGE) -> gc.Collected:
+    """`doit gc`: keep what the config needs, the newest `keep` builds of every image built
+    here (whatever config built it) and what was recorded in the last `min_age` seconds;
+    gc itself keeps entries a process holds and entries younger than that."""
+    remove_stale_run_dirs(run.layout.tmp)  # what killed builds (and a killed gc) left
+    run.store.sweep()
+    images = run.layout.images()
+    wanted = (wanted_keys(run) | recent_keys(run.layout, images, keep)
+              | recorded_since(run.layout, images, min_age))
+    return gc.collect(run.store, wanted, min_age=min_age)
 
 
 def _key_or_none(run: Run, stage: Stage, image: Image) -> str | None:

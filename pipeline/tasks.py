@@ -23,6 +23,7 @@ the pipeline's message and hint, without a Python traceback.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from doit.exceptions import TaskFailed
+from doit.globals import Globals
 
 from . import stages
 from .config import Config, Image
@@ -40,7 +42,7 @@ from .publish import tree as published_tree
 from .sources import nixcheck
 from .stages import IMAGE_NAME, OUTPUTS, STAGES, Run, Stage
 from .store import fsck, gc
-from .store.layout import explain_miss, read_record, recent_keys
+from .store.layout import explain_miss, read_record
 
 T = TypeVar("T")
 
@@ -226,16 +228,17 @@ def _build(run: Run) -> Iterator[dict[str, Any]]:
 
 def _gc(run: Run) -> dict[str, Any]:
     """free store entries the config does not need (keeps the newest --keep N)"""
-    def collect(keep: int) -> TaskFailed | None:
-        def act() -> None:
-            images = list(run.config.images)
-            gc.collect(run.store, stages.wanted_keys(run) | recent_keys(run.layout, images, keep))
-        return _action(act)()
+    def collect(keep: int, min_age: int = gc.MIN_AGE // 60) -> TaskFailed | None:
+        return _action(lambda: stages.collect_garbage(run, keep, min_age * 60))()
     return {
         "actions": [collect],
         "params": [{"name": "keep", "long": "keep", "type": int, "default": 2,
-                    "help": "newest entries to keep per stage and image, besides what "
-                            "images.toml needs"}],
+                    "help": "newest entries to keep per stage and image (of every config "
+                            "that built here), besides what images.toml needs"},
+                   {"name": "min_age", "long": "min-age", "type": int,
+                    "default": gc.MIN_AGE // 60,
+                    "help": "minutes: entries built (or recorded by a build) more recently "
+                            "are kept, whatever config built them"}],
         "uptodate": [False],
         "verbosity": 2,
     }
@@ -294,6 +297,7 @@ GROUPS: dict[str, Callable[[Run], Any]] = {
 
 def _creator(make: Callable[[], Any], doc: str) -> Callable[[], Any]:
     def creator() -> Any:
+        exit_on_config_error(_check_doit_state)
         return make()
     creator.__doc__ = doc
     return creator
@@ -309,6 +313,22 @@ def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callabl
         out[stage.name] = _creator(partial(_per_image, run, stage),
                                    f"{stage.name}:<image>: {stage.summary}")
     return {f"task_{name}": fn for name, fn in out.items()}
+
+
+def _check_doit_state() -> None:
+    """doit writes its state file after the last task: one it cannot write would end a
+    successful build in a traceback, so say it before anything runs. doit has opened the
+    file (Globals.dep_manager) when it calls the task creators."""
+    manager = Globals.dep_manager
+    if manager is None:
+        return
+    state = Path(manager.name).absolute()
+    for path in (state, state.parent):  # SQLite writes a journal beside the file
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PipelineError(
+                f"doit's state {state} is not writable ({path} is read-only): doit could not "
+                "record this run", hint=f"make it writable (chmod u+w {path}), or remove "
+                f"{state.name}: doit starts a new one and the store keeps every build")
 
 
 def exit_on_config_error(fn: Callable[[], T]) -> T:

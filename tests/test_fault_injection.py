@@ -1,12 +1,16 @@
 """Crash safety: a build killed at random moments (kill -9 of its whole process group, as a
 power cut would stop it, or Ctrl-C) never leaves a store entry that looks complete but is
-not, and the next run completes. Damaged entries found on reuse are rebuilt."""
+not, and the next run completes. Damaged entries found on reuse are rebuilt. `doit publish`,
+`doit gc` and `doit fsck`, killed at seeded system calls (strace), leave a published tree
+whose index and SHA256SUMS name only files that exist, a store whose entries all verify, and
+what the pipeline did not make untouched; the next run completes the work."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,12 +27,14 @@ from pipeline.store import fsck
 from pipeline.store.entries import problems as verify
 from pipeline.store.hashing import sha256_file
 from pipeline.store.layout import INPUTS_FILE
+from tests.support.published import served_consistently
 from tests.support.rootfs import add_sbin_init, write_rich_rootfs
-from tests.support.tools import require_vm
+from tests.support.tools import require_vm, tool_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 20261124
 KILLS = 20
+STRANGER_STAGE = "music"  # a user's directory in the store (write_lxc_project): not an entry
 
 
 def write_project(project: Path) -> None:
@@ -48,14 +54,16 @@ path = "rootfs.tar"
 """)
 
 
-def start(project: Path, log: Path, *targets: str) -> subprocess.Popen[bytes]:
-    """`doit TARGETS` in its own process group (so a kill reaches QEMU too)."""
+def start(project: Path, log: Path, *targets: str,
+          prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """`doit TARGETS` in its own process group (so a kill reaches QEMU too), under `prefix`
+    (strace) if given."""
     env = dict(os.environ, IMAGES_TOML=str(project / "images.toml"))
     env.pop("SOURCE_DATE_EPOCH", None)
     out = open(log, "wb")  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "doit", "run", "-f", str(ROOT / "dodo.py"),
+            [*prefix, sys.executable, "-m", "doit", "run", "-f", str(ROOT / "dodo.py"),
              "--db-file", str(project / ".doit.db"),
              *(targets or ("build:baguette", "build:lxc"))],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -82,7 +90,7 @@ def check_store(artifacts: Path) -> int:
     if not store.is_dir():
         return 0
     for stage_dir in store.iterdir():
-        if stage_dir.name.startswith("."):
+        if stage_dir.name.startswith(".") or stage_dir.name == STRANGER_STAGE:
             continue
         for entry in stage_dir.iterdir():
             if entry.name.startswith("."):
@@ -222,3 +230,137 @@ def test_doit_state_cut_short_does_not_stop_the_next_run(tmp_path: Path) -> None
     log = tmp_path / "second.log"
     assert start(tmp_path, log, "rootfs:first").wait() == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+# --- publish, gc and fsck killed at seeded system calls ---------------------------------------
+
+# the system calls that change what is on disk (or take a lock): a kill just before one of
+# them is a moment where a half-done publish, gc or fsck could show
+MUTATING = ("rename", "renameat", "renameat2", "unlink", "unlinkat", "rmdir", "mkdir",
+            "mkdirat", "link", "linkat", "fsync", "flock")
+OPS = {"publish": ("publish",), "gc": ("gc", "--keep", "0", "--min-age", "0"),
+       "fsck": ("fsck",)}
+OP_KILLS = 24
+
+
+def write_lxc_project(project: Path) -> None:
+    """The tarball image built as a Crostini container only (no VM), published with keep=2;
+    beside it, files the pipeline did not make."""
+    write_project(project)
+    toml = project / "images.toml"
+    toml.write_text(toml.read_text() + "\n[publish]\nkeep = 2\n")
+    for stranger in ("artifacts/store/music/album1/song.flac",
+                     "artifacts/publish/index.html"):
+        (project / stranger).parent.mkdir(parents=True, exist_ok=True)
+        (project / stranger).write_bytes(b"not the pipeline's\n")
+
+
+def strangers_kept(project: Path) -> bool:
+    return all((project / p).read_bytes() == b"not the pipeline's\n"
+               for p in ("artifacts/store/music/album1/song.flac", "artifacts/publish/index.html"))
+
+
+def traced(strace: str, *args: str) -> tuple[str, ...]:
+    return (strace, "-f", "-qq", "-o", "/dev/null", "-e", f"trace={','.join(MUTATING)}", *args)
+
+
+def survey(strace: str, project: Path, op: str, code: int = 0) -> Counter[str]:
+    """How often one run of `op` makes each mutating system call."""
+    out = project / f"survey-{op}.txt"
+    proc = start(project, project / f"survey-{op}.log", *OPS[op],
+                 prefix=(strace, "-f", "-qq", "-c", "-o", str(out),
+                         "-e", f"trace={','.join(MUTATING)}"))
+    assert proc.wait() == code, (project / f"survey-{op}.log").read_text()[-3000:]
+    counts: Counter[str] = Counter()
+    for line in out.read_text().splitlines():
+        fields = line.split()
+        if fields and fields[-1] in MUTATING and fields[3].isdigit():
+            counts[fields[-1]] = int(fields[3])
+    return counts
+
+
+def damage(entry: Path) -> Path:
+    """A bit flipped in a rootfs entry (never published: its file is in no hard link)."""
+    with open(entry / "rootfs.tar", "r+b") as f:
+        f.seek(700)
+        byte = f.read(1)
+        f.seek(700)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return entry
+
+
+def run_ok(project: Path, name: str, *targets: str) -> str:
+    log = project / f"{name}.log"
+    proc = start(project, log, *targets)
+    text = log.read_text(errors="replace") if proc.wait() == 0 else ""
+    assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
+    return text
+
+
+def test_publish_gc_and_fsck_killed_at_seeded_moments(tmp_path: Path) -> None:
+    strace = shutil.which("strace")
+    if strace is None:
+        tool_missing("strace is not installed (run `python3 -m pipeline.hostsetup --tests`)")
+        return
+    project = tmp_path / "project"
+    write_lxc_project(project)
+    artifacts = project / "artifacts"
+    tree = artifacts / "publish"
+    rng = random.Random(SEED)
+    for n in range(3):  # two published versions, and a third build: publish prunes one
+        (project / "dotfiles" / ".bashrc").write_text(f"alias ll='ls -l{n}'\n")
+        run_ok(project, f"build-{n}", "build:lxc")
+        if n < 2:
+            run_ok(project, f"publish-{n}", "publish")
+    counts = {"publish": survey(strace, project, "publish")}
+    (project / "dotfiles" / ".bashrc").write_text("alias ll='ls -l'\n")
+    run_ok(project, "build", "build:lxc")
+    counts["gc"] = survey(strace, project, "gc")  # removes the entries of the last build
+    damage(rng.choice(sorted((artifacts / "store" / "rootfs").glob("[!.]*"))))
+    counts["fsck"] = survey(strace, project, "fsck", code=1)  # takes the damaged one out
+    run_ok(project, "rebuilt", "build:lxc")
+    landed: Counter[str] = Counter()
+    started = time.monotonic()
+    for i in range(OP_KILLS):
+        op = ("publish", "gc", "fsck")[i % 3]
+        damaged = None
+        if op in ("publish", "gc"):  # something new to publish, something old to collect
+            (project / "dotfiles" / ".bashrc").write_text(f"alias ll='ls -l{i}'\n")
+            run_ok(project, f"build-{i}", "build:lxc")
+        elif rng.random() < 0.75:  # a damaged entry for fsck to take out (never published)
+            damaged = damage(rng.choice(sorted((artifacts / "store" / "rootfs").glob("[!.]*"))))
+        call = rng.choice(sorted(counts[op]))
+        when = rng.randint(1, counts[op][call])
+        log = project / f"kill-{i}-{op}.log"
+        proc = start(project, log, *OPS[op], prefix=traced(
+            strace, "-e", f"inject={call}:signal=SIGKILL:when={when}"))
+        code = proc.wait()
+        landed[f"{op}:{call}" if code == -signal.SIGKILL or code == 128 + 9 else
+               f"{op}:finished"] += 1
+        assert "Traceback" not in log.read_text(errors="replace"), log.read_text()[-3000:]
+        assert served_consistently(tree) == [], (op, call, when, served_consistently(tree))
+        assert strangers_kept(project), (op, call, when)
+        for stage_dir in (artifacts / "store").glob("[!.]*"):
+            for entry in stage_dir.glob("[!.]*") if stage_dir.name != STRANGER_STAGE else []:
+                if entry != damaged:
+                    assert (entry / INPUTS_FILE).is_file() and verify(entry) == [], entry
+        # the next run completes the work
+        expect = 1 if damaged is not None and damaged.exists() else 0  # fsck: removed one
+        rerun = start(project, project / f"rerun-{i}-{op}.log", *OPS[op])
+        assert rerun.wait() == expect, (project / f"rerun-{i}-{op}.log").read_text()[-3000:]
+        assert damaged is None or not damaged.exists()
+        assert served_consistently(tree) == [] and strangers_kept(project)
+        check_store(artifacts)
+    seconds = time.monotonic() - started
+    assert sum(n for k, n in landed.items() if not k.endswith(":finished")) >= OP_KILLS // 2, \
+        landed
+    run_ok(project, "final-build", "build:lxc")
+    run_ok(project, "final-publish", "publish")
+    run_ok(project, "final-verify", "publish", "--verify")
+    assert f"{check_store(artifacts)} entries intact" in run_ok(project, "final-fsck", "fsck")
+    assert strangers_kept(project)
+    assert not list((artifacts / "store").glob("*/.*.tmp")), "half-removed entries remain"
+    assert not list((artifacts / "tmp").iterdir()), "killed runs' temporary files remain"
+    assert not list(tree.glob("images/*/*/.*")), "half-written versions remain"
+    print(f"\n{OP_KILLS} runs of publish, gc and fsck in {seconds:.1f} s; "
+          f"{json.dumps(dict(landed), sort_keys=True)}")

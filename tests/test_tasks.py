@@ -151,9 +151,10 @@ def test_doit_list_shows_every_task_with_its_doc(tmp_path: Path,
 
 def test_gc_has_a_keep_parameter(tmp_path: Path) -> None:
     (gc_task,) = group(make_creators(write_project(tmp_path)), "gc")
-    (param,) = gc_task["params"]
-    assert (param["name"], param["long"], param["type"], param["default"]) == (
-        "keep", "keep", int, 2)
+    keep, min_age = gc_task["params"]
+    assert (keep["name"], keep["long"], keep["type"], keep["default"]) == ("keep", "keep", int, 2)
+    assert (min_age["name"], min_age["long"], min_age["type"]) == ("min_age", "min-age", int)
+    assert min_age["default"] > 0, "entries built in the last minutes are kept by default"
     assert gc_task["uptodate"] == [False]
 
 
@@ -167,9 +168,11 @@ def test_gc_action_keeps_the_newest_keep_entries(tmp_path: Path) -> None:
     def lxc_entries() -> list[str]:
         return [e.name for e in second.store.entries()["lxc"]]
 
-    assert collect(keep=2) is None
+    assert collect(keep=0) is None  # just built: the age guard keeps both
     assert len(lxc_entries()) == 2
-    assert collect(keep=0) is None
+    assert collect(keep=2, min_age=0) is None
+    assert len(lxc_entries()) == 2
+    assert collect(keep=0, min_age=0) is None
     assert lxc_entries() == [current]
     assert len(second.store.entries()["rootfs"]) == 1
 

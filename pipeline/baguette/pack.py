@@ -220,9 +220,9 @@ def write_job(staged: Staged, label: str, job: Path) -> None:
 
         add("label", label.encode())
         for (uid, gid), names in sorted(staged.owners.items()):
-            add(f"chown.{uid}:{gid}", b"".join(os.fsencode(n) + b"\0" for n in names))
+            add(f"chown.{uid}:{gid}", _argv_names(names))
         for mode, names in sorted(staged.modes.items()):
-            add(f"chmod.{mode:04o}", b"".join(os.fsencode(n) + b"\0" for n in names))
+            add(f"chmod.{mode:04o}", _argv_names(names))
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as st:
             # the root's metadata too: the snapshot made it the subvolume's root anew
@@ -243,6 +243,12 @@ def write_job(staged: Staged, label: str, job: Path) -> None:
                 else:
                     st.addfile(_renamed(m, name))
         add("special.tar", buf.getvalue())
+
+
+def _argv_names(names: list[str]) -> bytes:
+    """NUL-separated names for the guest's `xargs -0 chown|chmod`, each starting with `./`:
+    a member named `-R` must stay a path, never become an option."""
+    return b"".join(b"./" + os.fsencode(n) + b"\0" for n in names)
 
 
 def _renamed(m: tarfile.TarInfo, name: str) -> tarfile.TarInfo:

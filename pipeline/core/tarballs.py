@@ -370,22 +370,36 @@ class TarWriter:
         self.fd = fd
 
     def add(self, ti: tarfile.TarInfo, data: bytes | None = None,
-            src: tuple[int, int] | None = None) -> None:
-        """`ti` with `data`, or with ti.size bytes of file descriptor src[0] at offset src[1]."""
+            src: tuple[int, int] | None = None, chunks: Iterable[bytes] | None = None) -> None:
+        """`ti` with `data`, with ti.size bytes of file descriptor src[0] at offset src[1], or
+        with `chunks` that add up to ti.size bytes (a file streamed, never held whole)."""
         if not ti.isreg():
             ti.size = 0
         elif data is not None:
             ti.size = len(data)
-        os.write(self.fd, ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._write(ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         if not ti.size:
             return
         if data is not None:
-            os.write(self.fd, data)
+            self._write(data)
+        elif chunks is not None:
+            written = 0
+            for chunk in chunks:
+                self._write(chunk)
+                written += len(chunk)
+            if written != ti.size:
+                raise ValueError(f"{ti.name}: {written} bytes streamed, {ti.size} declared")
         else:
             assert src is not None
             copy_range(src[0], self.fd, src[1], ti.size)
         if ti.size % tarfile.BLOCKSIZE:
-            os.write(self.fd, bytes(tarfile.BLOCKSIZE - ti.size % tarfile.BLOCKSIZE))
+            self._write(bytes(tarfile.BLOCKSIZE - ti.size % tarfile.BLOCKSIZE))
+
+    def _write(self, data: bytes) -> None:
+        """All of `data`: os.write writes at most 2 GiB - 4 KiB at a time, less on a pipe."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
 
     def close(self) -> None:
-        os.write(self.fd, bytes(2 * tarfile.BLOCKSIZE))
+        self._write(bytes(2 * tarfile.BLOCKSIZE))

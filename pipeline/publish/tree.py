@@ -9,12 +9,18 @@
         manifest.json                              what went in, how it was built, what it holds
         SHA256SUMS                                 this version's files
 
-A version holds the store's files (hard links where the filesystem allows). Publishing what is
-already the newest version adds nothing; otherwise a new version is written under a temporary
-name and renamed into place, the index files are rewritten atomically from the versions'
-manifests, and the oldest versions beyond `publish.keep` are removed last, so at every moment
-the index and SHA256SUMS name only files that exist. `verify` re-reads a tree: every hash,
-the index against the files, and the fingerprints LXD will compute.
+A version holds the store's files (hard links where the filesystem allows), each checked first
+against the sha256 its store entry recorded (a damaged entry is removed and nothing is
+published). Publishing what is already the newest version adds nothing; otherwise a new
+version gets a name after every existing one (the minute of publishing, or the minute after
+the newest version when that is not earlier), is written under a temporary name, and the
+new index files and SHA256SUMS are computed before anything changes. Then the versions are
+renamed into place, the index files and SHA256SUMS replaced atomically, and only then the
+versions beyond `publish.keep` of the images this config publishes removed, so at every
+moment the index and SHA256SUMS name only files that exist; a publish that fails in between
+puts the previous ones back. One lock in the tree (`.publish.lock`) serialises publishes from
+any artifacts directory. `verify` re-reads a tree: every hash, the index against the files,
+and the fingerprints LXD will compute.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +40,11 @@ from typing import Any
 
 from ..config import Image
 from ..core.errors import PipelineError
-from ..core.fsutil import atomic_dir, atomic_write_bytes, fsync_dir, link_or_copy
-from ..core.log import info, step
+from ..core.fsutil import atomic_write_bytes, fsync_dir, link_or_copy
+from ..core.log import info, step, warn
 from ..lxc.image import fingerprint as lxc_fingerprint
 from ..stages import BAGUETTE, IMAGE_NAME, LXC, Run, built_entry, lxc_files
+from ..store.entries import recorded
 from ..store.hashing import sha256_file
 from . import simplestreams as ss
 from .manifest import manifest
@@ -43,6 +52,7 @@ from .manifest import manifest
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
 IMAGES_DIR = "images"
+LOCK = ".publish.lock"
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,20 @@ class Published:
 
 def version_name(when: datetime.datetime) -> str:
     return when.astimezone(datetime.UTC).strftime("%Y%m%d_%H%M")
+
+
+def next_version(now: datetime.datetime, existing: list[str]) -> str:
+    """The name of a new version: the minute of `now`, or the minute after the newest of
+    `existing` (sorted) when that one is not earlier, so the new version sorts last."""
+    name = version_name(now)
+    if existing and name <= existing[-1]:
+        newest = datetime.datetime.strptime(existing[-1], "%Y%m%d_%H%M").replace(
+            tzinfo=datetime.UTC)
+        name = version_name(newest + datetime.timedelta(minutes=1))
+        if existing[-1] > version_name(now):
+            warn(f"the newest published version {existing[-1]} is dated after now "
+                 f"({version_name(now)} UTC): naming this one {name}")
+    return name
 
 
 # --- what one image has built -------------------------------------------------------------
@@ -100,16 +124,30 @@ def _sums(lines: dict[str, str]) -> bytes:
     return "".join(f"{digest}  {name}\n" for name, digest in sorted(lines.items())).encode()
 
 
-def _write_version(run: Run, image: Image, target: Path, version: str,
-                   files: dict[str, Path], hashes: dict[str, tuple[str, int]]) -> None:
-    with atomic_dir(target) as tmp:
+def _stage_version(run: Run, image: Image, image_dir: Path, version: str,
+                   files: dict[str, Path], hashes: dict[str, tuple[str, int]]) -> Path:
+    """The version's directory under a temporary name in `image_dir` (renamed by _commit)."""
+    image_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=image_dir))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    try:
         for name, src in files.items():
             link_or_copy(src, tmp / name)
+            run.memo.note(src, hashes[name][0])  # linking changed its ctime, not its bytes
         doc = manifest(run, image, version, hashes)
         (tmp / MANIFEST).write_bytes(ss.dumps(doc))
         sums = {name: digest for name, (digest, _size) in hashes.items()}
         sums[MANIFEST] = sha256_file(tmp / MANIFEST)
         (tmp / SUMS).write_bytes(_sums(sums))
+        for name in (MANIFEST, SUMS):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
 
 
 def _tree_files(root: Path) -> list[str]:
@@ -127,11 +165,13 @@ def _tree_files(root: Path) -> list[str]:
     return sorted(out)
 
 
-def _products(root: Path, version_dirs: list[Path]) -> list[ss.Product]:
-    """The simplestreams products of the given versions (those with an LXC image)."""
+def _products(root: Path, version_dirs: list[Path],
+              staged: dict[Path, Path] | None = None) -> list[ss.Product]:
+    """The simplestreams products of the given versions (those with an LXC image); a
+    version's files are read from its temporary directory while it is `staged`."""
     products: dict[str, ss.Product] = {}
     for vdir in version_dirs:
-        doc = _read_manifest(vdir)
+        doc = _read_manifest((staged or {}).get(vdir, vdir))
         lxc = doc.get("lxc")
         if not lxc:
             continue
@@ -153,7 +193,7 @@ def publish(run: Run, now: datetime.datetime | None = None) -> Published:
     """Publish the configured images' built outputs into `publish.dir`."""
     opts = run.config.publish
     root = opts.dir
-    version = version_name(now or datetime.datetime.now(datetime.UTC))
+    now = now or datetime.datetime.now(datetime.UTC)
     todo = [(image, built_files(run, image))
             for image in (run.config.image(n) for n in opts.images)]
     for image, files in todo:
@@ -167,41 +207,66 @@ def publish(run: Run, now: datetime.datetime | None = None) -> Published:
     root.mkdir(parents=True, exist_ok=True)
     newest: dict[str, str] = {}
     new: list[str] = []
+    staged: dict[Path, Path] = {}  # final version directory -> its temporary one
     with step(f"Publishing {', '.join(i.name for i, _ in todo)} into {root}"), \
-            _lock(run.layout.cache / "publish.lock"):
-        for image, files in todo:
-            image_dir = root / IMAGES_DIR / image.name / image.arch
-            _remove_leftovers(image_dir)
-            hashes = {name: (run.memo.sha256(src), src.stat().st_size)
-                      for name, src in files.items()}
-            existing = _versions(image_dir)
-            if existing:
-                last = _read_manifest(existing[-1])
-                same = {n: (f["sha256"], f["size"]) for n, f in last.get("files", {}).items()}
-                if same == hashes:
-                    info(f"{image.name}: {existing[-1].name} already holds these files")
-                    newest[image.name] = existing[-1].name
-                    continue
-            target = image_dir / version
-            if target.exists():  # published twice within a minute: the newer build wins
-                trash = target.with_name(f".{target.name}.old")
-                shutil.rmtree(trash, ignore_errors=True)
-                os.rename(target, trash)
-                shutil.rmtree(trash)
-            _write_version(run, image, target, version, files, hashes)
-            info(f"{image.name}: new version {version} ({', '.join(sorted(files))})")
-            newest[image.name] = version
-            new.append(image.name)
+            _lock(root / LOCK):
+        try:
+            for image, files in todo:
+                image_dir = root / IMAGES_DIR / image.name / image.arch
+                _remove_leftovers(image_dir)
+                hashes = _checked_hashes(run, image, files)
+                existing = _versions(image_dir)
+                if existing:
+                    last = _read_manifest(existing[-1])
+                    same = {n: (f["sha256"], f["size"])
+                            for n, f in last.get("files", {}).items()}
+                    if same == hashes:
+                        info(f"{image.name}: {existing[-1].name} already holds these files")
+                        newest[image.name] = existing[-1].name
+                        continue
+                version = next_version(now, [p.name for p in existing])
+                staged[image_dir / version] = _stage_version(run, image, image_dir, version,
+                                                             files, hashes)
+                info(f"{image.name}: new version {version} ({', '.join(sorted(files))})")
+                newest[image.name] = version
+                new.append(image.name)
+            ours = {root / IMAGES_DIR / i.name / i.arch for i, _ in todo}
+            removed = _commit(run, root, staged, opts.keep, ours)
+        finally:
+            for tmp in staged.values():  # the ones _commit did not rename into place
+                shutil.rmtree(tmp, ignore_errors=True)
         run.memo.save()
-        removed = _write_index(run, root, opts.keep)
     return Published(root, newest, new, removed)
+
+
+def _checked_hashes(run: Run, image: Image, files: dict[str, Path]
+                    ) -> dict[str, tuple[str, int]]:
+    """sha256 and size of each file to publish, as its store entry recorded them; a file
+    that differs (damaged in the store, or edited through a published hard link) takes its
+    entry out of the store and stops the publish."""
+    hashes = {}
+    for name, src in files.items():
+        got = (run.memo.sha256(src), src.stat().st_size)
+        entry = src.parent
+        want = recorded(entry).get(src.name)
+        if want is not None and want != got:
+            with run.store.unused(entry.parent.name, entry.name) as free:
+                if free:
+                    run.store.set_aside(entry, [f"{src.name} does not match its sha256"])
+            raise PipelineError(
+                f"{image.name}: {src.name} in store entry {entry.parent.name}/{entry.name} "
+                "does not match the sha256 recorded when it was built (the entry was "
+                "removed; nothing was published)",
+                hint=f"build it again (`doit {entry.parent.name}:{image.name}`), then "
+                     "`doit publish`; if it recurs, check the disk")
+        hashes[name] = got
+    return hashes
 
 
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
-    """One publish at a time (a second one waits)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    """One publish into a tree at a time, from any artifacts directory (a second waits)."""
+    with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -216,25 +281,47 @@ def _remove_leftovers(image_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _write_index(run: Run, root: Path, keep: int) -> list[str]:
-    """Rewrite the index and SHA256SUMS over the newest `keep` versions of every image in
-    the tree, then remove the older ones."""
+def _plan(root: Path, staged: dict[Path, Path], keep: int, ours: set[Path]
+          ) -> tuple[list[Path], list[Path]]:
+    """(versions the tree keeps, versions it drops): the newest `keep` of each image this
+    config publishes, every version of the others."""
     kept: list[Path] = []
     dropped: list[Path] = []
     images = root / IMAGES_DIR
-    for image_dir in sorted(images.glob("*/*")) if images.is_dir() else []:
-        versions = _versions(image_dir)
-        kept += versions[-keep:]
-        dropped += versions[:-keep]
-    products = _products(root, kept)
-    streams = root / "streams" / "v1"
-    streams.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(root / ss.IMAGES_PATH, ss.dumps(ss.images_json(products)))
-    atomic_write_bytes(root / ss.INDEX_PATH, ss.dumps(ss.index_json(products)))
-    dropped_rel = [d.relative_to(root).as_posix() for d in dropped]
-    listed = [rel for rel in _tree_files(root)
-              if not any(rel.startswith(d + "/") for d in dropped_rel)]
-    atomic_write_bytes(root / SUMS, _sums({rel: run.memo.sha256(root / rel) for rel in listed}))
+    dirs = set(images.glob("*/*")) if images.is_dir() else set()
+    for image_dir in sorted(dirs | {v.parent for v in staged}):
+        versions = sorted({*_versions(image_dir), *(v for v in staged if v.parent == image_dir)},
+                          key=lambda v: v.name)
+        if image_dir in ours:
+            kept += versions[-keep:]
+            dropped += versions[:-keep]
+        else:
+            kept += versions
+    return kept, dropped
+
+
+def _commit(run: Run, root: Path, staged: dict[Path, Path], keep: int,
+            ours: set[Path]) -> list[str]:
+    """Put the staged versions, the index and SHA256SUMS in place, then drop the versions
+    beyond `keep`; on a failure before the drop, put the previous index files back."""
+    kept, dropped = _plan(root, staged, keep, ours)
+    products = _products(root, kept, staged)
+    index = {root / ss.IMAGES_PATH: ss.dumps(ss.images_json(products)),
+             root / ss.INDEX_PATH: ss.dumps(ss.index_json(products))}
+    sums = _tree_sums(run, root, staged, dropped, index)
+    previous = {p: p.read_bytes() if p.is_file() else None for p in [*index, root / SUMS]}
+    placed: list[Path] = []
+    try:
+        for final, tmp in staged.items():
+            os.rename(tmp, final)
+            placed.append(final)
+            fsync_dir(final.parent)
+        (root / ss.INDEX_PATH).parent.mkdir(parents=True, exist_ok=True)
+        for path, data in [*index.items(), (root / SUMS, sums)]:
+            atomic_write_bytes(path, data)
+    except BaseException:
+        _roll_back(placed, previous)
+        raise
     run.memo.save()
     for d in dropped:
         trash = d.with_name(f".{d.name}.old")
@@ -243,7 +330,37 @@ def _write_index(run: Run, root: Path, keep: int) -> list[str]:
         info(f"removed {d.relative_to(root)} (publish.keep = {keep})")
     if dropped:
         fsync_dir(root)
-    return dropped_rel
+    return [d.relative_to(root).as_posix() for d in dropped]
+
+
+def _tree_sums(run: Run, root: Path, staged: dict[Path, Path], dropped: list[Path],
+               index: dict[Path, bytes]) -> bytes:
+    """SHA256SUMS of the tree as it will be: its files now, less the dropped versions, plus
+    the staged versions and the new index files."""
+    dropped_rel = [d.relative_to(root).as_posix() + "/" for d in dropped]
+    lines = {rel: run.memo.sha256(root / rel) for rel in _tree_files(root)
+             if not any(rel.startswith(d) for d in dropped_rel)}
+    for final, tmp in staged.items():
+        base = final.relative_to(root).as_posix()
+        for name in os.listdir(tmp):
+            lines[f"{base}/{name}"] = run.memo.sha256(tmp / name)
+    for path, data in index.items():
+        lines[path.relative_to(root).as_posix()] = hashlib.sha256(data).hexdigest()
+    return _sums(lines)
+
+
+def _roll_back(placed: list[Path], previous: dict[Path, bytes | None]) -> None:
+    """Undo a commit that failed half-way (best effort: the disk may be what failed)."""
+    with contextlib.suppress(OSError):
+        for path, data in previous.items():
+            if data is None:
+                path.unlink(missing_ok=True)
+            elif not path.is_file() or path.read_bytes() != data:
+                atomic_write_bytes(path, data)
+        for final in placed:
+            trash = final.with_name(f".{final.name}.old")
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 # --- verifying a published tree -----------------------------------------------------------

@@ -14,10 +14,15 @@ How it normalises: entries sorted by path (parents first), numeric owners only (
 group names), mtimes whole seconds and clamped to SOURCE_DATE_EPOCH when it is set, pax
 headers reduced to xattrs, hardlink sets re-anchored on their first name in sorted order.
 The output is a plain (uncompressed) tar: the pack stage reads it by offset.
+
+The dotfiles are hashed as they are read (streamed, never held whole) and compared with the
+digests the stage's key was computed from: a dotfile edited during the build stops it, so
+an entry never holds other bytes than its key says.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -48,7 +53,7 @@ def inputs(image: Image, base_key: str, source_date_epoch: int | None,
     overlay = not nixos(image)
     return StageInputs("rootfs", VERSION, {
         "base": base_key,
-        "dotfiles": tree_digests(image.dotfiles, memo) if image.dotfiles else {},
+        "dotfiles": _dotfile_digests(image, memo),
         "user": image.user if overlay else None,
         "uid": image.uid if overlay else None,
         "hostname": image.hostname if overlay else None,
@@ -57,6 +62,19 @@ def inputs(image: Image, base_key: str, source_date_epoch: int | None,
         "secrets_allow": sorted(image.secrets_allow),
         "secret_scan": secrets.VERSION,
     })
+
+
+def _dotfile_digests(image: Image, memo: FileHashMemo | None) -> dict[str, str]:
+    try:
+        return tree_digests(image.dotfiles, memo) if image.dotfiles else {}
+    except PermissionError as exc:
+        raise _unreadable(exc) from None
+
+
+def _unreadable(exc: OSError) -> PipelineError:
+    return PipelineError(f"dotfiles: cannot read {exc.filename}: permission denied",
+                         hint="make it readable by the user who builds (chmod, chown), or "
+                              "move it out of the dotfiles directory")
 
 
 def nixos(image: Image) -> bool:
@@ -73,6 +91,7 @@ class Entry:
     offset: int | None = None  # data offset in the base tar
     data: bytes | None = None  # or data in memory
     path: Path | None = None  # or a host file
+    dotfile: str = ""  # a host file's name in the dotfiles tree (read: what was read)
 
 
 def _read_base(base: Path) -> tuple[dict[str, Entry], int]:
@@ -131,8 +150,7 @@ def _add_user(entries: dict[str, Entry], base_fd: int, image: Image, mtime: int)
             if fields[2] != str(image.uid):
                 raise ConfigError(
                     f"images.{image.name}.uid: the base rootfs already has user "
-                    f"{image.user!r} with uid {fields[2]}",
-                    hint=f"set uid = {fields[2]}, or choose another user name")
+                    f"{image.user!r} with uid {fields[2]}", hint=_taken_hint(fields[2]))
             return
         if fields[2] == str(image.uid):
             raise ConfigError(
@@ -140,6 +158,7 @@ def _add_user(entries: dict[str, Entry], base_fd: int, image: Image, mtime: int)
                 "in the base rootfs", hint="choose another uid, or set user to that name")
     if "etc/passwd" not in entries:
         return  # not a full system (a test fixture, say): no accounts to extend
+    has_group = _check_groups(_file_text(entries, base_fd, "etc/group"), image)
     u, n = image.user, image.uid
     home = f"/home/{u}"
 
@@ -150,7 +169,8 @@ def _add_user(entries: dict[str, Entry], base_fd: int, image: Image, mtime: int)
         _set_text(entries, name, text + line + "\n", mode, gid, mtime)
 
     append("etc/passwd", f"{u}:x:{n}:{n}::{home}:/bin/bash", 0o644)
-    append("etc/group", f"{u}:x:{n}:", 0o644)
+    if not has_group:
+        append("etc/group", f"{u}:x:{n}:", 0o644)
     shadow_gid = _group_id(_file_text(entries, base_fd, "etc/group"), "shadow")
     if "etc/shadow" in entries:
         # no date of last change: 0 would mean "must change it now", and PAM then refuses
@@ -158,6 +178,36 @@ def _add_user(entries: dict[str, Entry], base_fd: int, image: Image, mtime: int)
         append("etc/shadow", f"{u}:!::0:99999:7:::", 0o640, shadow_gid)
     if "etc/gshadow" in entries:
         append("etc/gshadow", f"{u}:!::", 0o640, shadow_gid)
+
+
+def _taken_hint(uid: str) -> str:
+    """What to do when the user name is taken: use its uid, if images.toml accepts it."""
+    if uid.isdigit() and 1 <= int(uid) < 65534:
+        return f"set uid = {uid}, or choose another user name"
+    return f"choose another user name: that one is a system account (uid {uid})"
+
+
+def _check_groups(group: str, image: Image) -> bool:
+    """The user's own group (gid = uid, named like the user) must not be another group: a
+    user named `sudo`, or uid 27 where gid 27 is `sudo`, would get that group's rights.
+    True if the group already exists exactly so (nothing to add)."""
+    for line in group.splitlines():
+        fields = line.split(":")
+        if len(fields) < 3:
+            continue
+        if fields[0] == image.user and fields[2] == str(image.uid):
+            return True
+        if fields[0] == image.user:
+            raise ConfigError(f"images.{image.name}.user: the base rootfs already has a "
+                              f"group {image.user!r} (gid {fields[2]})",
+                              hint="choose another user name: the user would get that "
+                                   "group's rights")
+        if fields[2] == str(image.uid):
+            raise ConfigError(f"images.{image.name}.uid: gid {image.uid} already belongs to "
+                              f"group {fields[0]!r} in the base rootfs",
+                              hint="choose another uid: the user's own group would be that "
+                                   "one, with its rights")
+    return False
 
 
 def _group_id(group: str, name: str) -> int:
@@ -168,9 +218,10 @@ def _group_id(group: str, name: str) -> int:
     return 0
 
 
-def _dotfiles(image: Image, mtime: int, home: str = "", uid: int | None = None
-              ) -> Iterator[tuple[str, Entry]]:
-    """The dotfiles under `home` (default: the user's home, owned by the user)."""
+def _dotfiles(image: Image, mtime: int, read: dict[str, str], home: str = "",
+              uid: int | None = None) -> Iterator[tuple[str, Entry]]:
+    """The dotfiles under `home` (default: the user's home, owned by the user); what is
+    read is noted in `read` (the stage's key must describe it)."""
     if not home:
         home, uid = f"home/{image.user}", image.uid
         yield "home", Entry(_member("home", tarfile.DIRTYPE, 0o755, 0, mtime))
@@ -179,13 +230,14 @@ def _dotfiles(image: Image, mtime: int, home: str = "", uid: int | None = None
     root = image.dotfiles
     if root is None:
         return
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
         dirnames.sort()
         for name in sorted(dirnames + filenames):
             p = Path(dirpath) / name
             rel = f"{home}/{p.relative_to(root).as_posix()}"
             st = p.lstat()
             perm = stat.S_IMODE(st.st_mode) & 0o777
+            _note_read(read, p.relative_to(root).as_posix(), st, p)
             if stat.S_ISDIR(st.st_mode):
                 yield rel, Entry(_member(rel, tarfile.DIRTYPE, perm, uid, mtime))
             elif stat.S_ISLNK(st.st_mode):
@@ -193,13 +245,70 @@ def _dotfiles(image: Image, mtime: int, home: str = "", uid: int | None = None
                                          linkname=os.readlink(p)))
             elif stat.S_ISREG(st.st_mode):
                 yield rel, Entry(_member(rel, tarfile.REGTYPE, perm, uid, mtime,
-                                         size=st.st_size), path=p)
+                                         size=st.st_size), path=p,
+                                 dotfile=p.relative_to(root).as_posix())
             else:
                 info(f"dotfiles: skipping {p} (not a file, directory or symlink)")
 
 
-def _apply_overlay(entries: dict[str, Entry], base_fd: int, image: Image, mtime: int) -> None:
-    for name, e in _dotfiles(image, mtime):
+def _raise(exc: OSError) -> None:
+    raise _unreadable(exc) if isinstance(exc, PermissionError) else exc
+
+
+def _note_read(read: dict[str, str], rel: str, st: os.stat_result, path: Path) -> None:
+    """What the key's tree_digests says of this dotfile, from what is read now (a file's
+    digest is appended when its bytes are streamed: _dotfile_chunks)."""
+    if stat.S_ISLNK(st.st_mode):
+        read[rel] = f"link:{os.readlink(path)}"
+    elif stat.S_ISDIR(st.st_mode):
+        read[rel] = f"dir:{stat.S_IMODE(st.st_mode):o}"
+    elif stat.S_ISREG(st.st_mode):
+        prefix = f"{stat.S_IMODE(st.st_mode):o}:"
+        if not read.get(rel, "").startswith(prefix):  # walked again (a second copy): kept
+            read[rel] = prefix
+    else:
+        read[rel] = f"special:{stat.S_IFMT(st.st_mode):o}"
+
+
+def _dotfile_chunks(e: Entry, size: int, read: dict[str, str]) -> Iterator[bytes]:
+    """A dotfile's bytes in chunks, hashed on the way; exactly `size` of them."""
+    assert e.path is not None
+    h = hashlib.sha256()
+    try:
+        f = open(e.path, "rb")  # noqa: SIM115 - closed below, a generator
+    except PermissionError as exc:
+        raise _unreadable(exc) from None
+    with f:
+        left = size
+        while left:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+            yield chunk
+        if left or f.read(1):
+            raise PipelineError(f"dotfiles: {e.path} changed while building",
+                                hint="run the build again")
+    mode, _, before = read.get(e.dotfile, ":").partition(":")
+    if before and before != h.hexdigest():  # streamed twice (a second copy), not alike
+        raise PipelineError(f"dotfiles: {e.path} changed while building",
+                            hint="run the build again")
+    read[e.dotfile] = f"{mode}:{h.hexdigest()}"
+
+
+def _check_read(read: dict[str, str], keyed: dict[str, str] | None) -> None:
+    """The dotfiles read must be the ones the stage's key was computed from."""
+    if keyed is None or read == keyed:
+        return
+    changed = sorted(k for k in read.keys() | keyed.keys() if read.get(k) != keyed.get(k))
+    raise PipelineError(f"dotfiles: {', '.join(changed[:3])} changed while the rootfs was "
+                        "built (nothing was stored)", hint="run the build again")
+
+
+def _apply_overlay(entries: dict[str, Entry], base_fd: int, image: Image, mtime: int,
+                   read: dict[str, str]) -> None:
+    for name, e in _dotfiles(image, mtime, read):
         old = entries.get(name)
         if old is not None and old.info.isdir() and e.info.isdir() and name == "home":
             continue  # keep the base's /home
@@ -219,17 +328,17 @@ def _apply_overlay(entries: dict[str, Entry], base_fd: int, image: Image, mtime:
 
 
 def _for_kind(entries: dict[str, Entry], base_fd: int, image: Image, kind: Kind,
-              mtime: int) -> None:
+              mtime: int, read: dict[str, str]) -> None:
     """What one guest kind gets besides the common overlay."""
     if kind is Kind.CONTAINER and "etc" in entries:
         _set_text(entries, "etc/resolv.conf", "", 0o644, 0, mtime)
     if not image.chromeos_integration or "etc" not in entries:
         return
-    _add_integration(entries, base_fd, image, kind, mtime)
+    _add_integration(entries, base_fd, image, kind, mtime, read)
 
 
 def _add_integration(entries: dict[str, Entry], base_fd: int, image: Image, kind: Kind,
-                     mtime: int) -> None:
+                     mtime: int, read: dict[str, str]) -> None:
     for f in integration.files(kind):
         if f.directory:
             member, link = tarfile.DIRTYPE, ""
@@ -256,7 +365,7 @@ def _add_integration(entries: dict[str, Entry], base_fd: int, image: Image, kind
         linger = f"var/lib/systemd/linger/{image.user}"
         entries[linger] = Entry(_member(linger, tarfile.REGTYPE, 0o644, 0, mtime, size=0),
                                 data=b"")
-    for name, e in _dotfiles(image, mtime, home="etc/skel", uid=0):
+    for name, e in _dotfiles(image, mtime, read, home="etc/skel", uid=0):
         entries.setdefault(name, e)  # the base's own skeleton files win
     lines = integration.hosts_lines(kind)
     if lines:
@@ -353,7 +462,7 @@ def _normalised(e: Entry, name: str, sde: int | None) -> tarfile.TarInfo:
 
 
 def write(entries: list[tuple[str, Entry]], base_fd: int, out_fd: int,
-          sde: int | None) -> None:
+          sde: int | None, read: dict[str, str] | None = None) -> None:
     out = TarWriter(out_fd)
     for name, e in entries:
         ti = _normalised(e, name, sde)
@@ -362,42 +471,40 @@ def write(entries: list[tuple[str, Entry]], base_fd: int, out_fd: int,
         elif e.data is not None:
             out.add(ti, e.data)
         else:
-            assert e.path is not None
-            data = e.path.read_bytes()
-            if len(data) != ti.size:
-                raise PipelineError(f"dotfiles: {e.path} changed while building",
-                                    hint="run the build again")
-            out.add(ti, data)
+            out.add(ti, chunks=_dotfile_chunks(e, ti.size, {} if read is None else read))
     out.close()
 
 
 def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
               source_date_epoch: int | None, container_out: Path | None = None,
-              bootable: bool = False) -> int:
+              bootable: bool = False, dotfiles_key: dict[str, str] | None = None) -> int:
     """The customize stage: the VM tree at `out` and, with `container_out`, the container
     tree there. With `bootable`, a tree without an executable /sbin/init is refused before
-    anything is written (no guest of either kind could start it). Returns the number of
-    entries of the VM tree."""
+    anything is written (no guest of either kind could start it). `dotfiles_key`: the
+    dotfile digests of the stage's key (inputs), which what is read must match. Returns the
+    number of entries of the VM tree."""
     tmp = work_tempdir(work_dir, "customize")
     try:
         plain = plain_tar(base, tmp)
         entries, newest = _read_base(plain)
         mtime = source_date_epoch if source_date_epoch is not None else newest
         base_fd = os.open(plain, os.O_RDONLY)
+        read: dict[str, str] = {}
         try:
             if not nixos(image):
-                _apply_overlay(entries, base_fd, image, mtime)
+                _apply_overlay(entries, base_fd, image, mtime, read)
             if bootable:
                 require_init({name: e.info for name, e in entries.items()})
             count = _write_kind(entries, base_fd, image, Kind.VM, out, mtime,
-                                source_date_epoch, scan_in=tmp)
+                                source_date_epoch, read, scan_in=tmp)
             if container_out is not None and nixos(image):
                 with atomic_path(container_out) as tmp_out:  # the same tree
                     tmp_out.unlink()
                     os.link(out, tmp_out)
             elif container_out is not None:
                 _write_kind(entries, base_fd, image, Kind.CONTAINER, container_out, mtime,
-                            source_date_epoch, scan_in=None)
+                            source_date_epoch, read, scan_in=None)
+            _check_read(read, dotfiles_key)  # before the stage commits anything
         finally:
             os.close(base_fd)
     finally:
@@ -406,18 +513,19 @@ def customize(base: Path, image: Image, out: Path, *, work_dir: Path,
 
 
 def _write_kind(common: dict[str, Entry], base_fd: int, image: Image, kind: Kind, out: Path,
-                mtime: int, sde: int | None, *, scan_in: Path | None) -> int:
+                mtime: int, sde: int | None, read: dict[str, str], *,
+                scan_in: Path | None) -> int:
     """One kind's tree, ordered and written atomically to `out`, and scanned for secrets with
     `scan_in` as the scan's work directory. The container tree is the VM tree without the VM's
     files, all of them the pipeline's own: one scan serves both."""
     entries = dict(common)
     if not nixos(image):
-        _for_kind(entries, base_fd, image, kind, mtime)
+        _for_kind(entries, base_fd, image, kind, mtime, read)
     ordered = _ordered(entries, mtime)
     with atomic_path(out) as tmp_out:
         fd = os.open(tmp_out, os.O_WRONLY | os.O_TRUNC)
         try:
-            write(ordered, base_fd, fd, sde)
+            write(ordered, base_fd, fd, sde, read)
         finally:
             os.close(fd)
         if scan_in is not None:

@@ -8,6 +8,10 @@ named inputs that made the key. `problems` checks an entry against its `files.sh
 and the hashes of small files when an entry is reused, every hash in `doit fsck` and
 `doit verify`. A half-built entry left by a killed build (`.<key>.*.tmp`) is removed by the
 next build of that key, or by `sweep` once no build holds its lock.
+
+Only entries are ever removed: a directory is one when its own inputs.json names its stage
+(is_entry). Anything else found under store/ (a user's files, a damaged inputs.json) is left
+alone and `strangers` names it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +29,24 @@ from pathlib import Path
 from ..core.errors import PipelineError
 from ..core.fsutil import atomic_dir, link_or_copy, remove_stale_temps
 from ..core.log import warn
-from .hashing import sha256_file
+from .hashing import file_digest
 from .keys import StageInputs
 from .layout import FILES_FILE, INPUTS_FILE, Layout
 
 CHEAP_HASH = 1 << 20  # on reuse, files up to this size are hashed, larger ones only sized
+_TEMP = re.compile(r"\.([0-9a-f]{32})\..+\.tmp")  # .<key>.*.tmp: half-built, set aside, gc'd
+
+
+def is_entry(path: Path) -> bool:
+    """A complete entry the pipeline made: a directory (not a symlink) whose inputs.json
+    names the stage directory it is in."""
+    if path.name.startswith(".") or path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        payload = json.loads((path / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and payload.get("stage") == path.parent.name
 
 
 class Store:
@@ -38,18 +56,24 @@ class Store:
     def path(self, si: StageInputs) -> Path:
         return self.layout.entry(si.stage, si.key)
 
-    def entries(self) -> dict[str, list[Path]]:
-        """Complete entries by stage (temporary `.name.tmp` directories are not entries)."""
-        out: dict[str, list[Path]] = {}
+    def _stage_dirs(self) -> list[Path]:
         base = self.layout.store
         if not base.is_dir():
-            return out
-        for stage_dir in sorted(base.iterdir()):
-            if stage_dir.name.startswith(".") or not stage_dir.is_dir():
-                continue
-            out[stage_dir.name] = sorted(p for p in stage_dir.iterdir()
-                                         if not p.name.startswith(".") and p.is_dir())
-        return out
+            return []
+        return sorted(d for d in base.iterdir()
+                      if not d.name.startswith(".") and d.is_dir() and not d.is_symlink())
+
+    def entries(self) -> dict[str, list[Path]]:
+        """Complete entries by stage (is_entry: temporary names and whatever else lies in
+        the store are not entries)."""
+        return {d.name: sorted(p for p in d.iterdir() if is_entry(p))
+                for d in self._stage_dirs()}
+
+    def strangers(self) -> list[str]:
+        """What the stage directories hold besides entries and temporary names
+        (`stage/name`): never touched, only named by fsck."""
+        return [f"{d.name}/{p.name}" for d in self._stage_dirs() for p in sorted(d.iterdir())
+                if not p.name.startswith(".") and not is_entry(p)]
 
     def has(self, si: StageInputs) -> bool:
         return (self.path(si) / INPUTS_FILE).is_file()
@@ -85,6 +109,31 @@ class Store:
             payload = {"stage": si.stage, "version": si.version, "inputs": si.inputs}
             (tmp / INPUTS_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True))
 
+    @contextlib.contextmanager
+    def using(self, si: StageInputs) -> Iterator[None]:
+        """Hold a shared lock on an entry while reading it (gc leaves a held entry alone)."""
+        path = self.layout.lock(si.stage, si.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            yield
+
+    @contextlib.contextmanager
+    def unused(self, stage: str, key: str) -> Iterator[bool]:
+        """Take the key's lock if nobody holds it (no build, no reader): True then."""
+        path = self.layout.lock(stage, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def remove_stale(self, si: StageInputs) -> None:
         """Remove half-built entries of `si` left by a killed build; call under lock(si)."""
         stage_dir = self.path(si).parent
@@ -93,23 +142,20 @@ class Store:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def sweep(self) -> None:
-        """Remove every half-built entry whose builder is gone: its key's lock is free."""
-        base = self.layout.store
-        if not base.is_dir():
-            return
-        for stage_dir in base.iterdir():
-            if stage_dir.name.startswith(".") or not stage_dir.is_dir():
-                continue
+        """Remove every half-built entry (`.<key>.*.tmp`) whose builder is gone: its key's
+        lock exists (the builder made it first) and nobody holds it."""
+        for stage_dir in self._stage_dirs():
             for tmp in stage_dir.glob(".*.tmp"):
-                key = tmp.name[1:].split(".")[0]
+                m = _TEMP.fullmatch(tmp.name)
+                lock = self.layout.lock(stage_dir.name, m.group(1)) if m else None
+                if lock is None or not lock.is_file():
+                    continue
                 try:
-                    with open(self.layout.lock(stage_dir.name, key), "a") as f:
+                    with open(lock) as f:
                         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         shutil.rmtree(tmp, ignore_errors=True)
                         fcntl.flock(f, fcntl.LOCK_UN)
-                except BlockingIOError:
-                    continue  # being built right now
-                except OSError:
+                except OSError:  # BlockingIOError: being built right now
                     continue
 
     def intact(self, si: StageInputs) -> bool:
@@ -127,7 +173,8 @@ class Store:
 
 
 def file_list(entry: Path) -> str:
-    """`files.sha256` of a directory: "sha256  size  path" per file, sorted."""
+    """`files.sha256` of a directory: "sha256  size  path" per file, sorted (a file with
+    holes gets hashing.sparse_sha256, which does not read them)."""
     lines = []
     for dirpath, dirnames, filenames in os.walk(entry):
         dirnames.sort()
@@ -136,8 +183,23 @@ def file_list(entry: Path) -> str:
             rel = p.relative_to(entry).as_posix()
             if rel in (FILES_FILE, INPUTS_FILE) or p.is_symlink():
                 continue
-            lines.append(f"{sha256_file(p)}  {p.stat().st_size}  {rel}\n")
+            lines.append(f"{file_digest(p)}  {p.stat().st_size}  {rel}\n")
     return "".join(lines)
+
+
+def recorded(entry: Path) -> dict[str, tuple[str, int]]:
+    """{path: (sha256, size)} as the entry's files.sha256 gives them ({} when it has none)."""
+    out: dict[str, tuple[str, int]] = {}
+    try:
+        listed = (entry / FILES_FILE).read_text()
+    except OSError:
+        return out
+    for line in listed.splitlines():
+        digest, _, rest = line.partition("  ")
+        size, _, rel = rest.partition("  ")
+        if size.isdigit() and rel:
+            out[rel] = (digest, int(size))
+    return out
 
 
 def problems(entry: Path, full: bool = True) -> list[str]:
@@ -168,7 +230,7 @@ def problems(entry: Path, full: bool = True) -> list[str]:
             continue
         if actual != size:
             found.append(f"{rel} has {actual} bytes, {size} expected")
-        elif (full or size <= CHEAP_HASH) and sha256_file(p) != digest:
+        elif (full or size <= CHEAP_HASH) and file_digest(p, like=digest) != digest:
             found.append(f"{rel} does not match its sha256")
     return found
 

@@ -1,8 +1,10 @@
 """Content hashes: of files (memoised by stat identity) and of trees.
 
-A file's hash is remembered under (device, inode, size, mtime_ns), so an up-to-date check
-never re-reads a multi-GB artifact that has not changed. The memo lives in one JSON file and
-is written atomically.
+A file's hash is remembered under (device, inode, size, mtime_ns, ctime_ns), so an up-to-date
+check never re-reads a multi-GB artifact that has not changed. The ctime is there because no
+one can set it: an in-place edit that keeps the size and puts the mtime back (`dd
+conv=notrunc` + `touch -d`) still changes it. The memo lives in one JSON file and is written
+atomically.
 """
 
 from __future__ import annotations
@@ -27,6 +29,74 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+SPARSE = "sparse-sha256:"  # the prefix of a sparse_sha256 digest in files.sha256
+BLOCK = 4096
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+def has_holes(path: Path) -> bool:
+    """Does the file have a hole before its end (SEEK_HOLE)?"""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            return os.lseek(f.fileno(), 0, os.SEEK_HOLE) < size
+        except (OSError, ValueError):  # no SEEK_HOLE here (pyfakefs raises ValueError)
+            return False
+
+
+def sparse_sha256(path: Path) -> str:
+    """A digest of a file's bytes that skips its holes: sha256 over its size, then its 4 KiB
+    blocks in order, each all-zero run as b"Z" + its length in blocks and every other block
+    as b"D" + its bytes. It depends on the bytes only (a hole and written zeros give the same
+    digest), and reads only the data regions (SEEK_DATA / SEEK_HOLE)."""
+    h = hashlib.sha256()
+    zeros = 0
+
+    def block(data: bytes) -> None:
+        nonlocal zeros
+        if data == _ZERO_BLOCK[:len(data)]:
+            zeros += 1
+            return
+        if zeros:
+            h.update(b"Z" + zeros.to_bytes(8, "little"))
+            zeros = 0
+        h.update(b"D" + data)
+
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        h.update(size.to_bytes(8, "little"))
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA) // BLOCK * BLOCK
+            except OSError:  # ENXIO: only a hole is left
+                data = size
+            zeros += (min(data, size) - pos + BLOCK - 1) // BLOCK
+            if data >= size:
+                break
+            end = min(-(-os.lseek(fd, data, os.SEEK_HOLE) // BLOCK) * BLOCK, size)
+            while data < end:
+                chunk = os.pread(fd, min(CHUNK, end - data), data)
+                if not chunk:
+                    raise OSError(f"{path}: shorter than its size while hashing")
+                for i in range(0, len(chunk), BLOCK):
+                    block(chunk[i:i + BLOCK])
+                data += len(chunk)
+            pos = end
+    if zeros:
+        h.update(b"Z" + zeros.to_bytes(8, "little"))
+    return h.hexdigest()
+
+
+def file_digest(path: Path, like: str = "") -> str:
+    """The digest files.sha256 records for `path`: the plain sha256, or for a file with holes
+    (a raw disk image) SPARSE + sparse_sha256. With `like`, a digest recorded earlier, the
+    same kind is computed, to compare with it."""
+    sparse = like.startswith(SPARSE) if like else has_holes(path)
+    return SPARSE + sparse_sha256(path) if sparse else sha256_file(path)
+
+
 class FileHashMemo:
     """sha256 of files, remembered by stat identity in `memo_path`."""
 
@@ -41,7 +111,7 @@ class FileHashMemo:
 
     @staticmethod
     def _identity(st: os.stat_result) -> str:
-        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
     def sha256(self, path: Path) -> str:
         st = path.stat()
@@ -54,6 +124,15 @@ class FileHashMemo:
             self._memo[ident] = digest
             self._dirty = True
         return digest
+
+    def note(self, path: Path, digest: str) -> None:
+        """Remember `digest` for `path` as it is now: the caller just made a new hard link to
+        a file whose bytes it had hashed (a link changes the ctime, not the content)."""
+        ident = self._identity(path.stat())
+        with self._lock:
+            if self._memo.get(ident) != digest:
+                self._memo[ident] = digest
+                self._dirty = True
 
     def save(self) -> None:
         with self._lock:
@@ -68,6 +147,10 @@ class FileHashMemo:
             pass  # a cache: not saving it costs the next run a re-hash, nothing else
 
 
+def _raise(exc: OSError) -> None:
+    raise exc  # an unreadable directory is an error, not an empty one
+
+
 def tree_digests(root: Path, memo: FileHashMemo | None = None) -> dict[str, str]:
     """{relative path: "mode:sha256"} for every entry under root (content, modes, names; no mtimes).
 
@@ -77,7 +160,7 @@ def tree_digests(root: Path, memo: FileHashMemo | None = None) -> dict[str, str]
     out: dict[str, str] = {}
     if not root.exists():
         return out
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
         dirnames.sort()
         base = Path(dirpath)
         for name in sorted(dirnames + filenames):

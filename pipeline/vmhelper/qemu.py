@@ -5,14 +5,22 @@ drives in the order given (vda, vdb, ...), no network, no display, and the seria
 a log file that is kept on disk. The guest reports on the console with `@@`-prefixed lines
 (see qemu/init). A guest that does not power off within the timeout is killed, and the error
 names the console log. `-no-reboot` with `panic=-1` turns a guest panic into a QEMU exit.
+QEMU never outlives the pipeline: SIGTERM is handled like Ctrl-C while it runs (QEMU is
+killed and the caller's cleanup runs), and QEMU gets SIGKILL should the process that started
+it die anyway (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime
 import os
+import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,12 +127,51 @@ def parse_markers(console: str) -> dict[str, list[str]]:
 BOOT_DEADLINE = 60.0  # the appliance prints @@BOOTED ~3 s after start under TCG
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt meanwhile, as SIGINT does (main thread only: Python
+    runs signal handlers there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_PRCTL: Callable[..., int] | None
+try:  # resolved here, not in the forked child (no dynamic loading between fork and exec)
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG;
+    the whole process is gone then, or that thread finished waiting for it)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
 def _run_qemu(argv: list[str], log_path: Path, timeout: float,
               deadline: float) -> tuple[int | None, str, bool]:
     """Run QEMU until it exits; returns (exit code or None if killed, stderr, booted)."""
     log_path.write_bytes(b"")
+    with _terminate_as_interrupt():
+        return _wait_qemu(argv, log_path, timeout, deadline)
+
+
+def _wait_qemu(argv: list[str], log_path: Path, timeout: float,
+               deadline: float) -> tuple[int | None, str, bool]:
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
     start = time.monotonic()
     booted = False
     try:

@@ -3,6 +3,7 @@ miss explanations, atomic writes."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -630,15 +631,18 @@ def test_set_aside_and_stale_entries(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "is damaged (f does not match its sha256)" in capsys.readouterr().err
 
 
-def test_stale_work_directories_of_dead_processes_go(tmp_path: Path) -> None:
-    dead = reaped_pid()
-    mine = fsutil.work_tempdir(tmp_path, "pack")
-    (tmp_path / f"pack.{dead}.xyz").mkdir()
-    (tmp_path / "pack.1.live").mkdir()  # pid 1 runs
-    (tmp_path / "unrelated").mkdir()
-    fsutil.remove_stale_work(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [mine.name, "pack.1.live", "unrelated"])
+def test_stale_run_directories_go_and_nothing_else(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as held:
+        mine = fsutil.hold_run_dir(tmp_path, held)
+        (tmp_path / "run.0123456789abcdef").mkdir()  # a killed run's, its lock gone
+        (tmp_path / "run.0123456789abcdef" / "half").write_text("x")
+        (tmp_path / "run.fedcba9876543210.lock").write_text("")  # a killed run's, not held
+        (tmp_path / "pack.1234.xyz").mkdir()  # no run directory: never touched
+        (tmp_path / "run.photos").mkdir()
+        fsutil.remove_stale_run_dirs(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [mine.name, f"{mine.name}.lock", "pack.1234.xyz", "run.photos"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pack.1234.xyz", "run.photos"]
 
 
 def reaped_pid() -> int:
@@ -656,12 +660,17 @@ def test_link_output_removes_what_a_killed_link_left(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     dst = out / "baguette_rootfs.img.zst"
-    dead, mine = reaped_pid(), os.getpid()
-    for name in (f".{dst.name}.{dead}.abcd1234.tmp", f".{dst.name}.1.abcd1234.tmp",
-                 f".{dst.name}.{mine}.abcd1234.tmp", f".other.{dead}.abcd1234.tmp"):
+    dead = reaped_pid()
+    for name in (f".{dst.name}.{dead}.abcd1234.tmp",  # an older version's, by pid: no lock
+                 f".{dst.name}.0badc0ffee00.tmp",  # a killed writer's, its lock not held
+                 f".{dst.name}.0badc0ffee00.lock", f".other.{dead}.abcd1234.tmp"):
         (out / name).write_bytes(b"half")
-    link_output(src, dst)
-    assert dst.read_bytes() == b"image"
-    assert sorted(p.name for p in out.iterdir()) == sorted([
-        dst.name, f".{dst.name}.1.abcd1234.tmp", f".{dst.name}.{mine}.abcd1234.tmp",
-        f".other.{dead}.abcd1234.tmp"])
+    with atomic_path(dst) as live:  # a live writer's (in this process, or another)
+        live.write_bytes(b"being written")
+        link_output(src, dst)
+        assert dst.read_bytes() == b"image"
+        assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == \
+            sorted([dst.name, live.name, f".other.{dead}.abcd1234.tmp"])
+    assert dst.read_bytes() == b"being written"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [dst.name, f".other.{dead}.abcd1234.tmp"])
