@@ -89,7 +89,8 @@ def test_build_then_nothing_then_only_what_changed(project: Path) -> None:
     edited = doit(project, "build:baguette")
     assert ran(edited) == {"rootfs:first", "pack:first", "baguette:first"}
     assert "changed: dotfiles/.bashrc" in edited.stderr
-    assert "Delta update of the previous image (1 new or changed, 0 removed)" in edited.stderr
+    # the edited dotfile, in the home and in /etc/skel
+    assert "Delta update of the previous image (2 new or changed, 0 removed)" in edited.stderr
 
     (project / "dotfiles" / ".bashrc").write_text("alias ll='ls -l'\n")
     back = doit(project, "build:baguette")
