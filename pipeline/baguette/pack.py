@@ -316,7 +316,7 @@ def pack(tarball: Path, image: Path, opts: PackOptions, guest: Guest, *, log_pat
             with step(f"Fixing up in the guest ({guest.accel.value})"):
                 guest.boot([Disk(image, "image"), Disk(work / "job.tar", "job", readonly=True)],
                            f"appliance.mode={mode}", log_path=log_path, what="pack",
-                           expect="PACKED")
+                           expect="PACKED", job=True)
         else:
             info("nothing left for the guest (owners, modes, device nodes and xattrs are set "
                  "on the host): no VM boot")

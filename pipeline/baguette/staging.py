@@ -70,7 +70,8 @@ def _host_mode(m: tarfile.TarInfo) -> int:
     return mode | (0o700 if m.isdir() else 0o600)
 
 
-def extract(tarball: Path, tree: Path, *, privileged: bool, placeholders: bool) -> Staged:
+def extract(tarball: Path, tree: Path, *, privileged: bool = False,
+            placeholders: bool = False) -> Staged:
     """Extract the plain (uncompressed) tar `tarball` into the empty directory `tree`."""
     staged = Staged(tree, privileged, placeholders)
     tf = open_plain(tarball)

@@ -61,7 +61,7 @@ def probe_kvm(appliance: Appliance, log_path: Path) -> str | None:
     try:
         boot(appliance, Accel.KVM, [], "appliance.mode=probe", log_path=log_path,
              timeout=PROBE_TIMEOUT, memory_mib=256, what="KVM probe", expect="READY",
-             retry=False)
+             retry=False, job=True)
     except GuestError as exc:
         return exc.message.split("\n")[0]
     return None

@@ -22,6 +22,7 @@ from pipeline.vmhelper.qemu import boot
 from tests.support.tools import small_tmpfs
 
 OPTS = pack.PackOptions("x", None, 0)
+SNAPSHOT = pack.Plan(pack.Route.SNAPSHOT, pack.Host.ROOT, "test: a guest that does something")
 
 
 def tcg(appliance: Appliance) -> vm.Guest:
@@ -45,13 +46,13 @@ def _tar(path: Path, names: list[str]) -> Path:
 
 
 def test_guest_error_names_the_console_log(appliance: Appliance, tmp_path: Path) -> None:
-    """A tree that already holds /rootfs_subvol makes the guest refuse; the message says so
-    and names the console log, which is kept."""
+    """On the snapshot route a tree that already holds /rootfs_subvol makes the guest refuse;
+    the message says so and names the console log, which is kept."""
     tarball = _tar(tmp_path / "r.tar", ["./", "./rootfs_subvol/", "./rootfs_subvol/x"])
     log = tmp_path / "logs" / "pack.console.log"
     with pytest.raises(GuestError) as err:
         pack.pack(tarball, tmp_path / "disk.img", OPTS, tcg(appliance), log_path=log,
-                  work_dir=tmp_path)
+                  work_dir=tmp_path, how=SNAPSHOT)
     assert "rootfs_subvol" in err.value.message
     assert str(log) in err.value.message
     assert "@@ERROR" in log.read_text()
@@ -141,7 +142,7 @@ def test_guest_kernel_panic_is_reported_and_cleaned_up(appliance: Appliance, tmp
     log = tmp_path / "logs" / "pack.console.log"
     with pytest.raises(GuestError) as err:
         pack.pack(tarball, tmp_path / "disk.img", OPTS, tcg(appliance), log_path=log,
-                  work_dir=tmp_path)
+                  work_dir=tmp_path, how=SNAPSHOT)
     assert "(kernel panic)" in err.value.message and str(log) in err.value.message
     assert err.value.console_log == str(log)
     assert "Kernel panic" in log.read_text()
