@@ -53,7 +53,7 @@ from .store.layout import (
     write_record,
 )
 from .vmhelper import appliance as appliance_mod
-from .vmhelper.accel import choose
+from .vmhelper.accel import choose, verdict_dir
 from .vmhelper.qemu import Guest, memory_mib
 
 IMAGE_NAME = "baguette_rootfs.img.zst"
@@ -113,7 +113,7 @@ def guest(run: Run) -> Guest:
     """How this run's VM helper guests boot (the accelerator is chosen, and said, here)."""
     app = appliance(run)
     b = run.config.build
-    accel = choose(b.accel, app, run.layout.cache)
+    accel = choose(b.accel, app, verdict_dir())
     return Guest(app, accel.accel, b.vm_timeout, memory_mib(b.vm_memory), run.source_date_epoch,
                  accel.reason)
 

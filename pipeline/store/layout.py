@@ -10,7 +10,7 @@
       <image>/.inputs/<stage>.json  the record of the image's latest build of that stage
       <image>/.inputs/<stage>.history  the keys it was built with, newest last (gc keeps some)
       logs/<image>/<what>.console.log  VM helper console logs
-      .cache/                       the hash memo, the KVM verdict
+      .cache/                       the hash memo (the KVM verdict is per user: accel.verdict_dir)
       tmp/                          work directories (<what>.<pid>.*)
 
 This module is the only one that knows these names. The record of a stage's latest build is

@@ -178,3 +178,42 @@ def test_host_disk_full_under_the_guest_is_an_error_not_a_pause(
         took = time.monotonic() - start
         assert "did not finish" not in err.value.message, "the guest was paused, not told"
         print(f"\nfull disk under the guest: failed after {took:.1f} s: {err.value.message}")
+
+
+def test_the_kvm_verdict_is_kept_per_user_not_per_artifacts_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verdict lives in $XDG_CACHE_HOME/cros-guest-pipeline (~/.cache when unset): a
+    build from a second artifacts directory does not probe again."""
+    from pipeline import config, stages
+    from pipeline.vmhelper import accel
+
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert accel.verdict_dir() == tmp_path / "home" / ".cache" / "cros-guest-pipeline"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert accel.verdict_dir() == tmp_path / "xdg" / "cros-guest-pipeline"
+
+    probes: list[Path] = []
+
+    def probe(_appliance: object, log: Path) -> str:
+        probes.append(log)
+        return "emulation failure"
+
+    monkeypatch.setattr(accel, "probe_kvm", probe)
+    monkeypatch.setattr(accel, "kvm_device_problem", lambda *_: None)  # "/dev/kvm opens"
+    monkeypatch.setattr(accel, "_host_id", lambda: "this host")
+    monkeypatch.setattr(stages, "appliance", lambda run: Appliance(Path("k"), Path("i"), "x"))
+    (tmp_path / "r.tar").write_bytes(b"")
+    reasons = []
+    for name in ("a", "b"):
+        toml = tmp_path / f"{name}.toml"
+        toml.write_text(f'[build]\nartifacts = "{tmp_path / name}"\n'
+                        '[images.x]\nsource = "tarball"\ndotfiles = ""\n'
+                        f'[images.x.tarball]\npath = "{tmp_path / "r.tar"}"\n')
+        vm_ = stages.guest(stages.open_run(config.load(toml), None))
+        assert vm_.accel is Accel.TCG
+        reasons.append(vm_.accel_reason)
+    assert len(probes) == 1, "the second artifacts directory probed again"
+    assert "probed" in reasons[0] and "remembered" in reasons[1]
+    assert (tmp_path / "xdg" / "cros-guest-pipeline" / "kvm-verdict.json").is_file()
+    assert not (tmp_path / "a" / ".cache" / "kvm-verdict.json").exists()
