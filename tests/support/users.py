@@ -99,11 +99,13 @@ print(json.dumps(res))
 
 
 def pack_as(user: User, tarball: Path, work: Path, *, kernel: Path, initrd: Path, label: str,
-            slack: int, route: str | None = None, size: int | None = None
+            slack: int, route: str | None = None, size: int | None = None, copy: bool = True
             ) -> tuple[dict[str, object], str]:
     """Run the pack stage as `user` into work/disk.img; (its figures, its stderr). `work`
-    must be writable by the user; raises RuntimeError with the stderr on failure."""
-    tarball = Path(shutil.copy(tarball, work / "rootfs.tar"))  # readable by the user
+    must be writable by the user, and `tarball` readable unless `copy`; raises RuntimeError
+    with the stderr on failure."""
+    if copy:
+        tarball = Path(shutil.copy(tarball, work / "rootfs.tar"))
     args = {"tarball": str(tarball), "image": str(work / "disk.img"), "label": label,
             "slack": slack, "size": size, "kernel": str(kernel), "initrd": str(initrd),
             "log": str(work / "console.log"), "work": str(work), "route": route}
