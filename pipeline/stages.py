@@ -226,7 +226,8 @@ def _make_pack(run: Run, image: Image, d: Path) -> dict[str, Any]:
             changes = None
     if changes is None:
         pack.pack(rootfs_tar, d / "disk.img", pack_options(image), vm, log_path=log,
-                  work_dir=work_dir(run), fsid=filesystem_uuid(key(run, PACK, image).key))
+                  work_dir=work_dir(run), fsid=filesystem_uuid(key(run, PACK, image).key),
+                  clock=run.source_date_epoch)
     with step("Checking the filesystem"):
         check.check_raw(d / "disk.img")
     return {"accel": vm.accel.value, "accel_reason": vm.accel_reason,

@@ -1,5 +1,6 @@
-"""In-place edits of an unmounted btrfs image that mkfs.btrfs cannot make: device numbers, and
-growing the filesystem to its file.
+"""In-place edits of an unmounted btrfs image that mkfs.btrfs cannot make: device numbers,
+growing the filesystem to its file, and pinning what mkfs draws at random or reads from the
+clock (so that two builds of the same inputs give the same bytes).
 
 Technical details. `mkfs.btrfs --rootdir` writes every device node with rdev 0 (btrfs-progs
 mkfs/rootdir.c, `stat_to_inode_item`, up to 6.17 at least), and a user cannot make device
@@ -11,14 +12,22 @@ overwrites fixed-size fields of existing items, so no item moves and no tree cha
 the edited tree blocks get a new crc32c and are written to every copy (DUP metadata). The
 image is `btrfs check`ed afterwards by the pack stage (baguette/check.py).
 
+Pinning (`pin`) replaces, as mkfs.btrfs 6.14 has no option for them: the chunk tree UUID (in
+every tree block header and device extent; uuid_generate in mkfs/common.c), each subvolume's
+UUID (and so the UUID tree's keys) and its root item's times (time(NULL)), the inode times
+mkfs copies from the staging tree that no user can set (ctime, and atime) by the inode's own
+mtime, and the times of the trees' own root directories (data relocation tree) by `clock`.
+
 Only what mkfs.btrfs writes is supported: one device, crc32c checksums, no log tree.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import struct
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,30 +41,17 @@ HEADER = 101  # tree block header
 ITEM = 25  # leaf item: key (17) + offset + size
 KEY_PTR = 33  # node pointer: key (17) + blockptr + generation
 INODE_ITEM, INODE_REF, DIR_ITEM, DIR_INDEX = 1, 12, 84, 96
-ROOT_ITEM, DEV_ITEM, CHUNK_ITEM = 132, 216, 228
-ROOT_TREE_OBJECTID, CHUNK_TREE_OBJECTID, FIRST_SUBVOL = 1, 3, 256
+ROOT_ITEM, DEV_EXTENT, DEV_ITEM, CHUNK_ITEM = 132, 204, 216, 228
+UUID_KEY_SUBVOL, UUID_KEY_RECEIVED = 251, 252
+UUID_TREE, FIRST_SUBVOL, DATA_RELOC_TREE = 9, 256, 2**64 - 9
 FT = {stat.S_IFCHR: 3, stat.S_IFBLK: 4}  # btrfs file types of device nodes
 
 
-def _crc32c_table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = _crc32c_table()
-
-
 def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    table = _TABLE
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+    """btrfs' checksum (Castagnoli), in hardware where the CPU has it (the crc32c package)."""
+    import crc32c as _crc
+
+    return int(_crc.crc32c(data))
 
 
 def _bad(what: str, image: Path) -> PipelineError:
@@ -69,6 +65,11 @@ class Chunk:
     logical: int
     length: int
     physicals: tuple[int, ...]  # one per stripe (DUP: two)
+    type: int = 0  # BTRFS_BLOCK_GROUP_*: 1 data, 2 system, 4 metadata
+
+    @property
+    def metadata(self) -> bool:
+        return bool(self.type & 6)
 
 
 class Image:
@@ -112,10 +113,11 @@ class Image:
     @staticmethod
     def _chunk(buf: bytes, off: int, logical: int) -> tuple[Chunk, int]:
         length = struct.unpack_from("<Q", buf, off)[0]
+        type_ = struct.unpack_from("<Q", buf, off + 24)[0]
         num_stripes = struct.unpack_from("<H", buf, off + 44)[0]
         physicals = tuple(struct.unpack_from("<Q", buf, off + 48 + 32 * i + 8)[0]
                           for i in range(num_stripes))
-        return Chunk(logical, length, physicals), 48 + 32 * num_stripes
+        return Chunk(logical, length, physicals, type_), 48 + 32 * num_stripes
 
     def physicals(self, logical: int) -> tuple[int, ...]:
         for c in self.chunks:
@@ -123,29 +125,43 @@ class Image:
                 return tuple(p + logical - c.logical for p in c.physicals)
         raise _bad(f"no chunk maps logical address {logical}", self.path)
 
-    def read_block(self, logical: int) -> bytes:
+    def read_block(self, logical: int, check: bool = True) -> bytes:
         data = os.pread(self.fd, self.nodesize, self.physicals(logical)[0])
-        if len(data) != self.nodesize or struct.unpack_from("<I", data)[0] != crc32c(
-                data[32:]):
+        if check and not self.valid(data):
             raise _bad(f"tree block {logical} has a bad checksum", self.path)
         return data
+
+    def valid(self, data: bytes) -> bool:
+        return len(data) == self.nodesize and struct.unpack_from("<I", data)[0] == crc32c(
+            data[32:])
 
     def write_block(self, logical: int, data: bytearray) -> None:
         struct.pack_into("<I", data, 0, crc32c(bytes(data[32:])))
         for phys in self.physicals(logical):
             os.pwrite(self.fd, data, phys)
 
-    def blocks(self, logical: int) -> Iterator[tuple[bytes, int]]:
-        """Every leaf of the tree rooted at `logical`, in key order: (block, its logical)."""
+    def blocks(self, logical: int, nodes: bool = False) -> Iterator[tuple[bytes, int]]:
+        """Every leaf (and with `nodes` every node) of the tree rooted at `logical`, in key
+        order: (block, its logical address)."""
         data = self.read_block(logical)
         level = data[100]
-        if level == 0:
+        if level == 0 or nodes:
             yield data, logical
+        if level == 0:
             return
         nritems = struct.unpack_from("<I", data, 96)[0]
         for i in range(nritems):
             child = struct.unpack_from("<Q", data, HEADER + i * KEY_PTR + 17)[0]
-            yield from self.blocks(child)
+            yield from self.blocks(child, nodes)
+
+    def roots(self) -> dict[int, int]:
+        """objectid -> root block of every tree in the root tree."""
+        out = {}
+        for data, _ in self.blocks(self.root):
+            for key, (off, _size) in _leaf_items(data):
+                if key[1] == ROOT_ITEM:
+                    out[key[0]] = int(struct.unpack_from("<Q", data, HEADER + off + 176)[0])
+        return out
 
     def tree_root(self, objectid: int) -> int:
         """The root block of tree `objectid` (a subvolume, say), from the root tree."""
@@ -246,3 +262,170 @@ def grow(image: Path, size: int) -> None:
             struct.pack_into("<I", sb, 0, crc32c(bytes(sb[32:])))
             os.pwrite(img.fd, sb, at)
         os.fsync(img.fd)
+
+
+def derived_uuid(seed: str, what: str) -> bytes:
+    digest = hashlib.sha256(f"{what}:{seed}".encode()).digest()
+    return uuid.UUID(bytes=digest[:16], version=4).bytes
+
+
+def _times(block: bytearray, at: int, sec: int) -> None:
+    struct.pack_into("<QI", block, at, sec, 0)
+
+
+def pin(image: Path, seed: str, clock: int) -> None:
+    """Replace what mkfs.btrfs drew at random or read from the clock (see the module's
+    docstring) by values derived from `seed` and `clock`."""
+    with Image(image) as img:
+        chunk_uuid = derived_uuid(seed, "chunk-tree")
+        subvol_uuids: dict[bytes, bytes] = {}
+        trees = [("chunk", img.chunk_root), ("root", img.root)]
+        trees += [(str(objectid), at) for objectid, at in img.roots().items()]
+        seen: set[int] = set()
+
+        def pin_block(name: str, data: bytes, logical: int) -> None:
+            block = bytearray(data)
+            block[64:80] = chunk_uuid
+            if data[100] == 0:
+                if name == str(UUID_TREE):
+                    block = _uuid_leaf(block, subvol_uuids, img.path)
+                else:
+                    _pin_items(block, name, seed, clock, subvol_uuids)
+            _zero_free_space(block)
+            img.write_block(logical, block)
+
+        for name, top in trees:
+            for data, logical in list(img.blocks(top, nodes=True)):
+                seen.add(logical)
+                pin_block(name, data, logical)
+        # what mkfs' transactions left in metadata chunks: older copies of tree blocks (the
+        # superblock's backup roots may point at them) are pinned the same way, anything
+        # else is zeroed
+        zero = bytes(img.nodesize)
+        for chunk in img.chunks:
+            if not chunk.metadata:
+                continue
+            for logical in range(chunk.logical, chunk.logical + chunk.length, img.nodesize):
+                if logical in seen:
+                    continue
+                data = img.read_block(logical, check=False)
+                if data == zero:
+                    continue
+                if img.valid(data) and struct.unpack_from("<Q", data, 48)[0] == logical:
+                    owner = struct.unpack_from("<Q", data, 88)[0]
+                    name = {1: "root", 3: "chunk"}.get(owner, str(owner))
+                    pin_block(name, data, logical)
+                else:
+                    for phys in img.physicals(logical):
+                        _punch(img.fd, phys, img.nodesize)
+        _clear_unmapped(img)
+        os.fsync(img.fd)
+
+
+def _punch(fd: int, offset: int, length: int) -> None:
+    """Make [offset, offset+length) of the file read as zeros, a hole where possible."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    punch = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    if libc.fallocate(fd, punch, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
+        os.pwrite(fd, bytes(length), offset)
+
+
+def _clear_unmapped(img: Image) -> None:
+    """Zero what lies outside every chunk and superblock: mkfs' temporary chunks, dropped
+    before it finished, leave tree blocks there."""
+    size = os.fstat(img.fd).st_size
+    kept = sorted([(p, p + c.length) for c in img.chunks for p in c.physicals]
+                  + [(0, SUPER_OFFSETS[0] + SUPER_SIZE)]
+                  + [(at, at + SUPER_SIZE) for at in SUPER_OFFSETS[1:]])
+    pos = 0
+    for start, end in [*kept, (size, size)]:
+        if start > pos:
+            _punch_data(img.fd, pos, min(start, size))
+        pos = max(pos, end)
+
+
+def _punch_data(fd: int, start: int, end: int) -> None:
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            return
+        if data >= end:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        _punch(fd, data, hole - data)
+        pos = hole
+
+
+def _pin_items(block: bytearray, tree: str, seed: str, clock: int,
+               subvol_uuids: dict[bytes, bytes]) -> None:
+    data = bytes(block)
+    for key, (off, _size) in _leaf_items(data):
+        at = HEADER + off
+        if key[1] == INODE_ITEM:
+            if not _subvolume(tree):  # the trees' own directories, made at mkfs' "now"
+                for t in (112, 124, 136, 148):
+                    _times(block, at + t, clock)
+            else:
+                mtime = bytes(block[at + 136:at + 148])
+                block[at + 112:at + 124] = mtime  # atime
+                block[at + 124:at + 136] = mtime  # ctime
+                _times(block, at + 148, 0)  # otime, as mkfs writes it for copied files
+        elif key[1] == ROOT_ITEM and tree == "root":
+            old = bytes(block[at + 247:at + 263])
+            if old != bytes(16):
+                new = derived_uuid(seed, f"subvolume:{key[0]}")
+                subvol_uuids[old] = new
+                block[at + 247:at + 263] = new
+            for t in (327, 339, 351, 363):  # ctime, otime, stime, rtime
+                if struct.unpack_from("<Q", block, at + t)[0]:
+                    _times(block, at + t, clock)
+            for t in (112, 124, 136, 148):  # the root item's own inode
+                if struct.unpack_from("<Q", block, at + t)[0]:
+                    _times(block, at + t, clock)
+        elif key[1] == DEV_EXTENT:
+            block[at + 32:at + 48] = block[64:80]  # chunk_tree_uuid, as the header's
+
+
+def _zero_free_space(block: bytearray) -> None:
+    """Zero what lies between a block's items and their data (left over from earlier items)."""
+    nritems = struct.unpack_from("<I", block, 96)[0]
+    if block[100]:  # a node: key pointers, then nothing
+        start, end = HEADER + nritems * KEY_PTR, len(block)
+    else:
+        start = HEADER + nritems * ITEM
+        end = min((struct.unpack_from("<I", block, HEADER + i * ITEM + 17)[0] + HEADER
+                   for i in range(nritems)), default=len(block))
+    if start < end:
+        block[start:end] = bytes(end - start)
+
+
+def _subvolume(tree: str) -> bool:
+    """Tree names a subvolume (the top level, 5, or a subvolume id)?"""
+    return tree.isdigit() and (int(tree) == 5 or FIRST_SUBVOL <= int(tree) < DATA_RELOC_TREE - 247)
+
+
+def _uuid_leaf(block: bytearray, subvol_uuids: dict[bytes, bytes], image: Path) -> bytearray:
+    """The UUID tree's leaf with its keys (subvolume UUIDs) replaced, items sorted again."""
+    data = bytes(block)
+    items = []
+    for (objectid, type_, offset), (off, size) in _leaf_items(data):
+        old = struct.pack("<QQ", objectid, offset)
+        if type_ in (UUID_KEY_SUBVOL, UUID_KEY_RECEIVED) and old in subvol_uuids:
+            objectid, offset = struct.unpack("<QQ", subvol_uuids[old])
+        items.append(((objectid, type_, offset), data[HEADER + off:HEADER + off + size]))
+    items.sort(key=lambda kv: kv[0])
+    out = bytearray(block)
+    end = len(block) - HEADER
+    for i, ((objectid, type_, offset), payload) in enumerate(items):
+        end -= len(payload)
+        struct.pack_into("<QBQII", out, HEADER + i * ITEM, objectid, type_, offset, end,
+                         len(payload))
+        out[HEADER + end:HEADER + end + len(payload)] = payload
+    if HEADER + len(items) * ITEM > HEADER + end:
+        raise _bad("the UUID tree leaf does not fit", image)
+    return out

@@ -231,6 +231,7 @@ class HostJob:
     fsid: str | None
     route: str
     privileged: bool
+    clock: int | None = None  # SOURCE_DATE_EPOCH: the times mkfs.btrfs would take from now
 
 
 def host_side(job: HostJob) -> dict[str, Any]:
@@ -252,6 +253,9 @@ def host_side(job: HostJob) -> dict[str, Any]:
                  f"{len(staged.special)} special")
         t1 = time.monotonic()
         image = Path(job.image)
+        clock = job.clock if job.clock is not None else staged.dirs[""].mtime
+        if subvolume:  # the top level's directory: mkfs copies its times
+            os.utime(rootdir, (clock, clock))
         with step("mkfs.btrfs --rootdir" + (f" --subvol default:{SUBVOL}" if subvolume else "")):
             content = mkfs(rootdir, image, job.label, job.fsid,
                            subvol=SUBVOL if subvolume else None)
@@ -261,6 +265,8 @@ def host_side(job: HostJob) -> dict[str, Any]:
                 btrfsedit.set_devices(image, {os.fsencode(n): v
                                               for n, v in staged.devices.items()})
                 btrfsedit.grow(image, size)
+            if job.fsid:
+                btrfsedit.pin(image, job.fsid, int(clock))
             info(f"content {content / 2**20:.0f} MiB, image {size / 2**20:.0f} MiB (sparse)")
         guest_work = not subvolume or staged.left_for_guest() > 0
         if guest_work:
@@ -296,9 +302,12 @@ def _host_side_in_userns(job: HostJob) -> dict[str, Any]:
 
 
 def pack(tarball: Path, image: Path, opts: PackOptions, guest: Guest, *, log_path: Path,
-         work_dir: Path, fsid: str | None = None, how: Plan | None = None) -> dict[str, Any]:
+         work_dir: Path, fsid: str | None = None, how: Plan | None = None,
+         clock: int | None = None) -> dict[str, Any]:
     """The pack stage: rootfs tarball -> raw btrfs image at `image`. `fsid` fixes the
-    filesystem UUID; `how` overrides the route and extractor plan() chooses.
+    filesystem UUID and seeds every other UUID mkfs would draw (btrfsedit.pin); `clock`
+    (SOURCE_DATE_EPOCH) stands for the time mkfs would read; `how` overrides the route and
+    extractor plan() chooses.
 
     Returns sizes in bytes, each phase's seconds (extract_s, mkfs_s, guest_s), the route,
     who extracted and whether the guest booted.
@@ -308,7 +317,8 @@ def pack(tarball: Path, image: Path, opts: PackOptions, guest: Guest, *, log_pat
     work = work_tempdir(work_dir, "pack")
     try:
         job = HostJob(str(plain_tar(tarball, work)), str(work), str(image), opts.label,
-                      opts.size, opts.slack, fsid, how.route.value, how.host is not Host.USER)
+                      opts.size, opts.slack, fsid, how.route.value, how.host is not Host.USER,
+                      clock)
         figures = _host_side_in_userns(job) if how.host is Host.USERNS else host_side(job)
         t2 = time.monotonic()
         if figures["guest_work"]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -127,7 +128,7 @@ def main() -> int:
             os.chmod(shared, 0o755)
             readable = Path(shutil.copy(tarball, shared / "rootfs.tar"))  # outside the timing
             os.chmod(readable, 0o644)
-            routes[f"bare ({user.name})"] = lambda w: as_user(user, " ".join(userns.argv(
+            routes[f"bare ({user.name})"] = lambda w: as_user(user, shlex.join(userns.argv(
                 ["sh", "-c", bare_commands(readable, w)])), w)
             routes[f"pack ({user.name})"] = user_pack(user, f"pack ({user.name})", readable)
         else:

@@ -93,14 +93,15 @@ if a.get("route"):
     how = pack.Plan(pack.Route(a["route"]), how.host, "forced")
 res = pack.pack(Path(a["tarball"]), Path(a["image"]),
                 pack.PackOptions(a["label"], a.get("size"), a["slack"]), guest,
-                log_path=Path(a["log"]), work_dir=Path(a["work"]), how=how)
+                log_path=Path(a["log"]), work_dir=Path(a["work"]), how=how,
+                fsid=a.get("fsid"), clock=a.get("clock"))
 print(json.dumps(res))
 """
 
 
 def pack_as(user: User, tarball: Path, work: Path, *, kernel: Path, initrd: Path, label: str,
-            slack: int, route: str | None = None, size: int | None = None, copy: bool = True
-            ) -> tuple[dict[str, object], str]:
+            slack: int, route: str | None = None, size: int | None = None, copy: bool = True,
+            fsid: str | None = None, clock: int | None = None) -> tuple[dict[str, object], str]:
     """Run the pack stage as `user` into work/disk.img; (its figures, its stderr). `work`
     must be writable by the user, and `tarball` readable unless `copy`; raises RuntimeError
     with the stderr on failure."""
@@ -108,7 +109,8 @@ def pack_as(user: User, tarball: Path, work: Path, *, kernel: Path, initrd: Path
         tarball = Path(shutil.copy(tarball, work / "rootfs.tar"))
     args = {"tarball": str(tarball), "image": str(work / "disk.img"), "label": label,
             "slack": slack, "size": size, "kernel": str(kernel), "initrd": str(initrd),
-            "log": str(work / "console.log"), "work": str(work), "route": route}
+            "log": str(work / "console.log"), "work": str(work), "route": route,
+            "fsid": fsid, "clock": clock}
     proc = run_as(user, [python(), "-c", PACK_SCRIPT, json.dumps(args)], cwd=work,
                   env=env_for(user, work))
     if proc.returncode != 0:
