@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECK = """
 import sys
 sys.modules["pytest"] = None  # `import pytest` raises ImportError, as in the runtime venv
-import tests.bench.__main__, tests.bench.incremental
+import tests.bench.__main__, tests.bench.incremental, tests.bench.guestboot
 """
 
 
