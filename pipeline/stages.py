@@ -290,9 +290,10 @@ ROOTFS = Stage("rootfs", "Customizing the rootfs", "customized, normalised rootf
                "{image}", ("base",), _rootfs_inputs, _make_rootfs,
                "the customized, normalised rootfs tarballs (VM and container)",
                file=customize.VM_TAR)
-PACK = Stage("pack", "Packing the btrfs image", "raw btrfs image of {image}, packed through "
-             "the VM helper", ("rootfs", "appliance"), _pack_inputs, _make_pack,
-             "the raw btrfs image, packed through the VM helper", file="disk.img")
+PACK = Stage("pack", "Packing the btrfs image", "raw btrfs image of {image} (mkfs.btrfs on "
+             "the host; the VM helper for what the host cannot set)", ("rootfs", "appliance"),
+             _pack_inputs, _make_pack, "the raw btrfs image (mkfs.btrfs on the host, the VM "
+             "helper where needed)", file="disk.img")
 BAGUETTE = Stage("baguette", "Compressing", "{image}: the Baguette disk, "
                  f"<artifacts>/{{image}}/{IMAGE_NAME}", ("pack",), _baguette_inputs,
                  _make_baguette, "build one image by name (compressed, validated)",

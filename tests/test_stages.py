@@ -24,8 +24,8 @@ from tests.support.rootfs import add_sbin_init
 PINNED_KEYS = {
     "base": "4c59fb0e57d2f9a6db7af54ffa3361e7",
     "rootfs": "82dca24790746e6f39bcb60cbf76735e",
-    "pack": "6bf2c57164e802ff643da5fad4573cd3",
-    "baguette": "77fae63ef5b23cb251debfd64bc8bb78",
+    "pack": "745a4c995f97b63477711722e8f2d952",  # pack.VERSION 3: the mkfs subvolume route
+    "baguette": "2baf8dbfa3dfe8502ae1563f88d195b5",
     "lxc": "4b8dcc103e00cd1bbb7635acc7a0157b",
 }
 FIXED_APPLIANCE = StageInputs("appliance", 1, {"fixed": "for the test"})

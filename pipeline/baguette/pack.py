@@ -253,7 +253,8 @@ def host_side(job: HostJob) -> dict[str, Any]:
                  f"{len(staged.special)} special")
         t1 = time.monotonic()
         image = Path(job.image)
-        clock = job.clock if job.clock is not None else staged.dirs[""].mtime
+        top = staged.dirs.get("")
+        clock = job.clock if job.clock is not None else int(top.mtime if top else 0)
         if subvolume:  # the top level's directory: mkfs copies its times
             os.utime(rootdir, (clock, clock))
         with step("mkfs.btrfs --rootdir" + (f" --subvol default:{SUBVOL}" if subvolume else "")):
