@@ -12,7 +12,6 @@ The image is decompressed into a sparse scratch copy; the artifact itself is nev
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ from ..core.errors import GuestError
 from ..core.fsutil import work_tempdir
 from ..core.run import run
 from ..vmhelper.qemu import Disk, Guest
+from .compress import decompress_sparse
 
 TOOLS_LABEL = "cros-vm-tools"
 KERNEL_ARGS = "root=/dev/vdb rw net.ifnames=0"
@@ -43,24 +43,6 @@ def make_tools_disk(path: Path) -> None:
     with tempfile.TemporaryDirectory() as d:
         Path(d, "VERSION").write_text("cros-guest-pipeline stand-in tools disk\n")
         run(["mkfs.ext4", "-q", "-F", "-L", TOOLS_LABEL, "-d", d, path, "16M"])
-
-
-def decompress_sparse(zst: Path, out: Path) -> None:
-    """Decompress `zst` into `out`, leaving all-zero blocks as holes."""
-    import zstandard
-
-    block = 1 << 20
-    zero = bytes(block)
-    with open(zst, "rb") as src, open(out, "wb") as dst:
-        reader = zstandard.ZstdDecompressor().stream_reader(src, read_size=block)
-        size = 0
-        while chunk := reader.read(block):
-            if chunk == zero[: len(chunk)]:
-                dst.seek(len(chunk), os.SEEK_CUR)
-            else:
-                dst.write(chunk)
-            size += len(chunk)
-        dst.truncate(size)
 
 
 _RELEASE_LINE = re.compile(

@@ -72,3 +72,22 @@ def compress(image: Path, out: Path, *, level: int, threads: int = -1) -> int:
         writer.close()  # ends the frame; dst stays open (closefd=False)
         dst.flush()
     return out.stat().st_size
+
+
+def decompress_sparse(zst: Path, out: Path) -> int:
+    """Decompress `zst` into `out`, leaving all-zero blocks as holes; returns the size."""
+    import zstandard
+
+    block = 1 << 20
+    zero = bytes(block)
+    with open(zst, "rb") as src, open(out, "wb") as dst:
+        reader = zstandard.ZstdDecompressor().stream_reader(src, read_size=block)
+        size = 0
+        while chunk := reader.read(block):
+            if chunk == zero[: len(chunk)]:
+                dst.seek(len(chunk), os.SEEK_CUR)
+            else:
+                dst.write(chunk)
+            size += len(chunk)
+        dst.truncate(size)
+    return size

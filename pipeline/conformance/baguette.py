@@ -18,6 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..baguette.compress import decompress_sparse
 from ..core.errors import GuestError
 from ..core.fsutil import work_tempdir
 from ..vmhelper.qemu import Disk, Guest
@@ -26,25 +27,6 @@ from . import checks, toolsdisk
 KERNEL_ARGS = "root=/dev/vdb rw net.ifnames=0 systemd.log_color=0"
 DISK_SIZE = 4 << 30  # what `vmc create --size` gives; the image must grow to it
 RESULTS_DEVICE = "/dev/ttyS1"
-
-
-def decompress_sparse(zst: Path, out: Path) -> int:
-    """Decompress `zst` into `out`, leaving all-zero blocks as holes; returns the size."""
-    import zstandard
-
-    block = 1 << 20
-    zero = bytes(block)
-    with open(zst, "rb") as src, open(out, "wb") as dst:
-        reader = zstandard.ZstdDecompressor().stream_reader(src, read_size=block)
-        size = 0
-        while chunk := reader.read(block):
-            if chunk == zero[: len(chunk)]:
-                dst.seek(len(chunk), os.SEEK_CUR)
-            else:
-                dst.write(chunk)
-            size += len(chunk)
-        dst.truncate(size)
-    return size
 
 
 def run(zst: Path, guest: Guest, *, setup_user: str, dotfiles: tuple[str, ...],
