@@ -6,8 +6,9 @@ doit; config.py reads images.toml into frozen dataclasses):
     sources/    base      the base rootfs tarball: debian (mmdebstrap), tarball, nix (nix build)
     rootfs/     rootfs    customize: the user, dotfiles, ChromeOS integration files, normalised
                           entries, the secret scan -> the rootfs tarball
-    baguette/   pack      the raw btrfs image through the VM helper (or a delta update of the
-                          previous one); baguette: compress + check -> baguette_rootfs.img.zst;
+    baguette/   pack      the raw btrfs image: mkfs.btrfs on the host, the VM helper for what
+                          the host cannot set (or a delta update of the previous one);
+                          baguette: compress + check -> baguette_rootfs.img.zst;
                           the boot test behind `doit verify`
     lxc/        lxc       LXD metadata + rootfs tarballs (or one unified tarball) for Crostini
     publish/              a static image server: versions, SHA256SUMS, manifest.json, the

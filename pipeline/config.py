@@ -73,7 +73,8 @@ BUILD_SETTINGS = (
             "`kvm` fails if KVM is unusable; `tcg` always emulates."),
     Setting("vm_timeout", "int", 900,
             "Seconds a VM helper run may take before the guest is killed."),
-    Setting("vm_memory", "size", "1GiB", "Memory of the VM helper's guest."),
+    Setting("vm_memory", "size", "1GiB", "Memory of the VM helper's guest when it boots an image "
+            "(doit verify); its short jobs (pack, delta) take at most 384 MiB."),
     Setting("kernel", "path", "",
             "Kernel for the VM helper; default: the newest /boot/vmlinuz-*."),
     Setting("artifacts", "path", "artifacts", "Where the store and per-image outputs live."),

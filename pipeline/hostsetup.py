@@ -6,6 +6,13 @@
 Idempotent and quick when already done: installed packages are asked of dpkg first, and the
 venv is reinstalled only when pyproject.toml changed. Uses the standard library only, since
 it runs before the venv exists.
+
+btrfs-progs: the pack stage wants 6.12 or newer (`mkfs.btrfs --subvol default:rootfs_subvol`,
+hardlinks kept by `--rootdir`). Debian 12 ships 6.2, so on bookworm set-up adds the suite
+bookworm-backports to apt, pinned so that only btrfs-progs comes from it
+(/etc/apt/preferences.d/cros-guest-pipeline), and installs it from there: apt checks its
+signature and upgrades it with the system. Elsewhere the installed version is used as it is
+(older ones pack through the guest's snapshot).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +47,11 @@ BACKPORT_SUITE = "trixie"
 TEST_PACKAGES = ["lxd", "lxd-client", "openssl", "libpython3.11-testsuite", "libxmlsec1-dev",
                  "gnutls-bin", "strace"]
 
+BTRFS_PROGS_WANTED = (6, 12)  # pipeline.baguette.pack.SUBVOL_MKFS
+BACKPORTS = {"bookworm": "bookworm-backports"}  # suites that have a new enough btrfs-progs
+APT_SOURCE = Path("/etc/apt/sources.list.d/cros-guest-pipeline-backports.sources")
+APT_PIN = Path("/etc/apt/preferences.d/cros-guest-pipeline")
+
 
 def nix_packages() -> list[str]:
     """Debian's nix-bin for `source = "nix"` images, unless another Nix (the official
@@ -56,12 +69,96 @@ def missing_packages(names: list[str]) -> list[str]:
     return [n for n in names if n not in installed]
 
 
+def _sudo() -> list[str]:
+    return [] if os.geteuid() == 0 else ["sudo"]
+
+
+def installed_version(package: str) -> tuple[int, ...] | None:
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Status} ${Version}", package],
+                         capture_output=True, text=True, check=False).stdout.split()
+    if len(out) < 2 or out[0] != "installed":
+        return None
+    m = re.match(r"(?:\d+:)?(\d+)\.(\d+)", out[1])
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def codename(os_release: Path = Path("/etc/os-release")) -> str:
+    try:
+        text = os_release.read_text()
+    except OSError:
+        return ""
+    m = re.search(r"^VERSION_CODENAME=\"?([^\"\n]*)", text, re.M)
+    return m.group(1) if m else ""
+
+
+def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
+    """The URI the host's apt sources use for Debian itself (deb.debian.org if none)."""
+    texts = []
+    for p in [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]:
+        try:
+            texts.append(p.read_text())
+        except OSError:
+            continue
+    for text in texts:
+        for m in re.finditer(r"^(?:deb\s+(?:\[[^]]*\]\s+)?|URIs:\s*)(\S+/debian)/?\s", text,
+                             re.M):
+            return m.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def backports_configured(suite: str, apt_dir: Path = Path("/etc/apt")) -> bool:
+    for p in [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]:
+        try:
+            text = p.read_text()
+        except OSError:
+            continue
+        if re.search(rf"^[^#\n]*\b{re.escape(suite)}\b", text, re.M):
+            return True
+    return False
+
+
+def _write_root_file(path: Path, text: str) -> None:
+    if os.geteuid() == 0:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return
+    subprocess.run([*_sudo(), "tee", str(path)], input=text, text=True, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def btrfs_progs_from_backports() -> bool:
+    """Pin btrfs-progs to the release's backports suite when the installed one is older than
+    BTRFS_PROGS_WANTED; True if it must be installed (again) from there."""
+    have = installed_version("btrfs-progs")
+    if have is not None and have >= BTRFS_PROGS_WANTED:
+        return False
+    suite = BACKPORTS.get(codename())
+    if suite is None:
+        if have is not None:
+            print(f"setup: btrfs-progs {'.'.join(map(str, have))} is older than "
+                  f"{'.'.join(map(str, BTRFS_PROGS_WANTED))}: packing will take the guest's "
+                  "snapshot route (slower)")
+        return False
+    print(f"setup: btrfs-progs from {suite} (pinned to that one package)")
+    if not backports_configured(suite):
+        _write_root_file(APT_SOURCE, f"Types: deb\nURIs: {debian_mirror()}\nSuites: {suite}\n"
+                         "Components: main\n"
+                         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    _write_root_file(APT_PIN, "# cros-guest-pipeline: btrfs-progs 6.12+ for mkfs.btrfs --subvol;"
+                     f" nothing else from {suite}\n"
+                     f"Package: btrfs-progs\nPin: release n={suite}\nPin-Priority: 500\n")
+    return True
+
+
 def install_packages(names: list[str]) -> None:
     missing = missing_packages(names)
+    if btrfs_progs_from_backports() and "btrfs-progs" not in missing:
+        missing.append("btrfs-progs")
     if not missing:
         print(f"setup: Debian packages present ({len(names)})")
         return
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    sudo = _sudo()
     print(f"setup: installing {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)

@@ -59,7 +59,7 @@ from .store.layout import (
     write_record,
 )
 from .vmhelper import appliance as appliance_mod
-from .vmhelper.accel import choose
+from .vmhelper.accel import choose, verdict_dir
 from .vmhelper.qemu import Guest, memory_mib
 
 IMAGE_NAME = "baguette_rootfs.img.zst"
@@ -124,7 +124,7 @@ def guest(run: Run) -> Guest:
     """How this run's VM helper guests boot (the accelerator is chosen, and said, here)."""
     app = appliance(run)
     b = run.config.build
-    accel = choose(b.accel, app, run.layout.cache)
+    accel = choose(b.accel, app, verdict_dir())
     return Guest(app, accel.accel, b.vm_timeout, memory_mib(b.vm_memory), run.source_date_epoch,
                  accel.reason)
 
@@ -251,7 +251,8 @@ def _make_pack(run: Run, image: Image, d: Path) -> dict[str, Any]:
             changes = None
     if changes is None:
         pack.pack(rootfs_tar, d / "disk.img", pack_options(image), vm, log_path=log,
-                  work_dir=work_dir(run), fsid=filesystem_uuid(key(run, PACK, image).key))
+                  work_dir=work_dir(run), fsid=filesystem_uuid(key(run, PACK, image).key),
+                  clock=run.source_date_epoch)
     with step("Checking the filesystem"):
         check.check_raw(d / "disk.img")
     return {"accel": vm.accel.value, "accel_reason": vm.accel_reason,
@@ -315,9 +316,10 @@ ROOTFS = Stage("rootfs", "Customizing the rootfs", "customized, normalised rootf
                "{image}", ("base",), _rootfs_inputs, _make_rootfs,
                "the customized, normalised rootfs tarballs (VM and container)",
                file=customize.VM_TAR)
-PACK = Stage("pack", "Packing the btrfs image", "raw btrfs image of {image}, packed through "
-             "the VM helper", ("rootfs", "appliance"), _pack_inputs, _make_pack,
-             "the raw btrfs image, packed through the VM helper", file="disk.img")
+PACK = Stage("pack", "Packing the btrfs image", "raw btrfs image of {image} (mkfs.btrfs on "
+             "the host; the VM helper for what the host cannot set)", ("rootfs", "appliance"),
+             _pack_inputs, _make_pack, "the raw btrfs image (mkfs.btrfs on the host, the VM "
+             "helper where needed)", file="disk.img")
 BAGUETTE = Stage("baguette", "Compressing", "{image}: the Baguette disk, "
                  f"<artifacts>/{{image}}/{IMAGE_NAME}", ("pack",), _baguette_inputs,
                  _make_baguette, "build one image by name (compressed, validated)",

@@ -25,8 +25,8 @@ from tests.support.rootfs import add_sbin_init
 PINNED_KEYS = {
     "base": "4c59fb0e57d2f9a6db7af54ffa3361e7",
     "rootfs": "b803c8930107d30b6c524f8c3dd89ee2",
-    "pack": "fa9044da1f26aa32c1aec6863b5815e4",
-    "baguette": "4490ee82daedbf7654c2abca884953e2",
+    "pack": "3ecaa128f92086a7a900490634c6d003",  # pack.VERSION 3: the mkfs subvolume route
+    "baguette": "7f9ab7d09b209772bbd8f19a6dde392f",
     "lxc": "6cce11dac9a5b69a8639e6ef03379528",
 }
 FIXED_APPLIANCE = StageInputs("appliance", 1, {"fixed": "for the test"})

@@ -116,6 +116,6 @@ def apply(previous_image: Path, image: Path, delta: Delta, new_rootfs: Path, gue
     try:
         guest.boot([Disk(image, "image"), Disk(job, "job", readonly=True)],
                    "appliance.mode=delta", log_path=log_path, what="delta update",
-                   expect="UPDATED")
+                   expect="UPDATED", job=True)
     finally:
         job.unlink(missing_ok=True)

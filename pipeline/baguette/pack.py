@@ -1,56 +1,116 @@
-"""Pack a rootfs tarball into a raw btrfs Baguette image, unprivileged.
+"""Pack a rootfs tarball into a raw btrfs Baguette image, as any user.
 
 Technical details. The image is a raw file, no partition table, the whole disk one btrfs
 filesystem; the root tree lives in the subvolume `rootfs_subvol`, which is the default
 subvolume. Extracting a whole tarball inside an emulated guest is slow (~8x a native
-`tar -x` + `mkfs.btrfs --rootdir` under TCG), so the work is split:
+`tar -x` + `mkfs.btrfs --rootdir` under TCG), so the host does the bulk and the VM helper's
+guest only what the host cannot. Two choices, both logged (`plan`):
 
-on the host, as any user:
-  1. extract the tarball into a staging tree with the file contents, modes (made readable
-     for the owner where needed), mtimes, symlinks, hardlinks and fifos;
-  2. `mkfs.btrfs --rootdir` that tree into the image file at its top level, shrunk to fit,
-     then grow the file to content + slack (or the fixed size);
-  3. write a small job tar: which paths need which owner, which modes to put back after
-     chown cleared setuid bits, and a tar of what a user cannot create (device nodes, files
-     with xattrs such as security.capability) plus their parent directories;
-in the guest (qemu/init, mode `pack`), which needs a mounted btrfs:
-  4. snapshot the top level into `rootfs_subvol` (shares every extent), set it as default,
-     drop the top-level copy, grow the filesystem to the disk, apply owners, modes and the
-     special tar with GNU tar (numeric owners, xattrs, device numbers, mtimes).
-The host never needs root, a loop device or a mount.
+the route, by the mkfs.btrfs version found:
+  subvolume (btrfs-progs 6.12+)  `mkfs.btrfs --rootdir DIR --subvol default:rootfs_subvol`
+                                 makes the subvolume and sets it as default;
+  snapshot  (older)              mkfs writes the tree at the top level, and the guest
+                                 snapshots it into rootfs_subvol, sets the default and drops
+                                 the top-level copy (an unlink per entry: slow under TCG);
+who extracts (staging.py):
+  root                           sets owners, modes, xattrs itself;
+  user namespace                 a normal user with subordinate ids, as root of
+                                 `unshare --map-auto --map-root-user` (core/userns.py): the
+                                 same, for ids inside the map;
+  user                           anyone else: owners, real modes and xattrs go to the guest.
+
+on the host:
+  1. extract the tarball into a staging tree (contents, symlinks, hardlinks, fifos, and what
+     the extractor may set); on the subvolume route each device node is an empty file;
+  2. `mkfs.btrfs --rootdir` that tree into the image file, shrunk to its content, with the
+     filesystem and device UUIDs fixed (from the stage's key);
+  3. subvolume route: turn the device placeholders into device nodes and grow the filesystem
+     to content + slack (or the fixed size) in place (btrfsedit.py);
+  4. if anything is left (owners or xattrs the host could not set; the snapshot route), write
+     a small job tar: which paths need which owner, which modes to put back after chown
+     cleared setuid bits, and a tar of the entries with xattrs (device nodes too, on the
+     snapshot route) with their parent directories;
+in the guest (qemu/init, mode `fixup`, or `pack` for the snapshot route), only if step 4 left
+something:
+  5. mount, (snapshot route: snapshot, set-default, drop the top-level copy, grow), apply the
+     owners, modes and the special tar with GNU tar (numeric owners, xattrs, mtimes).
+Run as root, or as a user with subordinate ids, on the subvolume route nothing is left for
+step 5 unless the tarball holds xattrs the kernel refuses there: no guest boots. The host
+never needs a loop device or a mount.
 """
 
 from __future__ import annotations
 
 import copy
+import enum
+import hashlib
 import io
+import json
 import os
 import shutil
-import stat
+import subprocess
+import sys
 import tarfile
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from ..core import userns
 from ..core.errors import PipelineError
 from ..core.fsutil import work_tempdir
-from ..core.log import info, progress, step
-from ..core.run import require_version, run
-from ..core.tarballs import (
-    checked_members,
-    copy_range,
-    member_path,
-    open_plain,
-    plain_tar,
-    safe_name,
-)
+from ..core.log import info, step
+from ..core.run import require_version, run, tool_version
+from ..core.tarballs import member_path, plain_tar
 from ..store.keys import StageInputs
 from ..vmhelper.qemu import Disk, Guest
+from . import btrfsedit
+from .staging import Staged, extract
 
-VERSION = 2  # 2: the filesystem UUID comes from the key; the guest clock from SOURCE_DATE_EPOCH
+VERSION = 3  # 3: the subvolume made by mkfs, device nodes and owners set on the host
 SUBVOL = "rootfs_subvol"
-COPY_CHUNK = 1 << 20
+SUBVOL_MKFS = (6, 12)  # mkfs.btrfs --subvol (btrfs-progs 6.12, CHANGES), hardlinks kept
+__all__ = ["Staged", "extract"]
+
+
+class Route(enum.Enum):
+    SUBVOLUME = "subvolume"  # mkfs.btrfs --subvol default:rootfs_subvol
+    SNAPSHOT = "snapshot"  # the guest snapshots the top level
+
+
+class Host(enum.Enum):
+    ROOT = "root"
+    USERNS = "user namespace"
+    USER = "user"
+
+
+@dataclass(frozen=True)
+class Plan:
+    route: Route
+    host: Host
+    why: str = ""
+
+
+def plan() -> Plan:
+    """The route by the mkfs.btrfs version found, and who extracts; says which and why."""
+    mkfs = require_version("mkfs.btrfs")
+    found = tool_version(mkfs) or (0,)
+    have = ".".join(map(str, found))
+    if found >= SUBVOL_MKFS:
+        route, why = Route.SUBVOLUME, f"mkfs.btrfs {have} makes {SUBVOL} (--subvol)"
+    else:
+        route, why = Route.SNAPSHOT, (
+            f"mkfs.btrfs {have} is older than {'.'.join(map(str, SUBVOL_MKFS))}: the guest "
+            f"snapshots the tree into {SUBVOL} (`python3 -m pipeline.hostsetup` installs a "
+            "newer one on Debian 12)")
+    if os.geteuid() == 0:
+        host, who = Host.ROOT, "extracting as root"
+    elif (problem := userns.problem()) is None:
+        host, who = Host.USERNS, f"extracting in a user namespace ({userns.describe()})"
+    else:
+        host, who = Host.USER, f"extracting as this user ({problem}): the guest sets owners"
+    return Plan(route, host, f"{why}; {who}")
 
 
 @dataclass(frozen=True)
@@ -69,143 +129,6 @@ def inputs(rootfs_key: str, appliance_key: str, opts: PackOptions) -> StageInput
         "rootfs": rootfs_key, "appliance": appliance_key,
         "label": opts.label, "size": opts.size, "slack": opts.slack,
     })
-
-
-@dataclass
-class Staged:
-    """What the host extraction left for the guest to fix."""
-
-    tree: Path
-    content_bytes: int = 0
-    entries: int = 0
-    owners: dict[tuple[int, int], list[str]] = field(default_factory=lambda: defaultdict(list))
-    modes: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
-    special: list[tarfile.TarInfo] = field(default_factory=list)
-    special_names: set[str] = field(default_factory=set)
-    dirs: dict[str, tarfile.TarInfo] = field(default_factory=dict)  # "" is the root
-    regular: set[str] = field(default_factory=set)  # names of regular files (link targets)
-
-
-def _host_mode(info_: tarfile.TarInfo) -> int:
-    """The mode to give on the host: the target's, readable (and enterable) by the owner."""
-    mode = info_.mode & 0o7777
-    return mode | (0o700 if info_.isdir() else 0o600)
-
-
-def extract(tarball: Path, tree: Path) -> Staged:
-    """Step 1: extract the plain (uncompressed) tar `tarball` into the empty directory `tree`.
-
-    File data moves with copy_file_range (in-kernel, a reflink where the host filesystem
-    can), so the cost is the filesystem's, not Python's.
-    """
-    staged = Staged(tree)
-    owner = (os.getuid(), os.getgid())
-    tf = open_plain(tarball)
-    src_fd = tf.fileobj.fileno()  # type: ignore[union-attr,attr-defined]
-    with tf, progress(tarball.stat().st_size, "extracting") as bar:
-        done = 0
-        for m in checked_members(tf, tarball):
-            name = safe_name(m.name, tarball)
-            parent = name.rpartition("/")[0]
-            if parent and parent not in staged.dirs:
-                raise PipelineError(
-                    f"tarball entry {m.name!r} comes before its directory or lies under a "
-                    "symlink or file",
-                    hint="normalise the tarball first (the customize stage does)")
-            staged.entries += 1
-            if _write(m, name, tree / name if name else tree, staged, src_fd):
-                _note_metadata(staged, m, name, owner)
-            if m.offset_data - done > 1 << 24:
-                bar.update(m.offset_data - done)
-                done = m.offset_data
-    # directories last: their mtimes changed while their children were written
-    for name, m in staged.dirs.items():
-        os.utime(tree / name if name else tree, (m.mtime, m.mtime))
-    return staged
-
-
-def _write(m: tarfile.TarInfo, name: str, path: Path, staged: Staged, src_fd: int) -> bool:
-    """Create one member on the host; False for a member whose metadata is another's (a
-    hardlink) or that the guest makes (a device node)."""
-    if m.isdir():
-        if name:
-            _clear(path, keep_dir=True)
-            path.mkdir(exist_ok=True)
-        staged.dirs[name] = m
-        os.chmod(path, _host_mode(m))
-        return True
-    if m.ischr() or m.isblk():
-        _special(staged, m, name)
-        return False
-    if m.islnk():
-        _hardlink(m, name, path, staged)
-        return False
-    _clear(path)
-    if m.isreg():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            copy_range(src_fd, fd, m.offset_data, m.size)
-            os.fchmod(fd, _host_mode(m))
-            os.utime(fd, (m.mtime, m.mtime))
-        finally:
-            os.close(fd)
-        staged.content_bytes += m.size
-        staged.regular.add(name)
-    elif m.issym():
-        os.symlink(m.linkname, path)
-        os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
-    elif m.isfifo():
-        os.mkfifo(path, 0o600)
-        os.chmod(path, _host_mode(m))
-        os.utime(path, (m.mtime, m.mtime))
-    else:
-        raise PipelineError(f"tarball entry {m.name!r} has an unsupported type {m.type!r}",
-                            hint="remove it from the rootfs")
-    return True
-
-
-def _hardlink(m: tarfile.TarInfo, name: str, path: Path, staged: Staged) -> None:
-    target = member_path(m.linkname)
-    if target not in staged.regular:
-        raise PipelineError(
-            f"tarball entry {m.name!r} is a hardlink to {m.linkname!r}, which is not a "
-            "regular file earlier in the archive", hint="the tarball is malformed")
-    _clear(path)
-    os.link(staged.tree / target, path)
-    if target in staged.special_names:
-        _special(staged, m, name)
-
-
-def _special(staged: Staged, m: tarfile.TarInfo, name: str) -> None:
-    staged.special.append(m)
-    staged.special_names.add(name)
-
-
-def _note_metadata(staged: Staged, m: tarfile.TarInfo, name: str,
-                   host_owner: tuple[int, int]) -> None:
-    """What the guest must set on a member the host wrote: xattrs, owner, mode bits."""
-    if any(k.startswith("SCHILY.xattr.") for k in m.pax_headers):
-        _special(staged, m, name)
-    owner = (m.uid, m.gid)
-    chowned = owner != host_owner
-    if chowned:
-        staged.owners[owner].append(name or ".")
-    if not m.issym() and (_host_mode(m) != m.mode & 0o7777 or (chowned and m.mode & 0o6000)):
-        staged.modes[m.mode & 0o7777].append(name or ".")
-
-
-def _clear(path: Path, keep_dir: bool = False) -> None:
-    """Make room for a later duplicate entry (tar semantics: the last one wins)."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        if keep_dir:
-            return
-        raise PipelineError(f"tarball entry {path.name!r} replaces a directory",
-                            hint="the tarball has conflicting duplicate entries")
-    path.unlink()
 
 
 def write_job(staged: Staged, label: str, job: Path) -> None:
@@ -259,15 +182,30 @@ def _renamed(m: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
     return c
 
 
-def mkfs(tree: Path, image: Path, label: str, fsid: str | None = None) -> int:
+def mkfs(tree: Path, image: Path, label: str, fsid: str | None = None, *,
+         subvol: str | None = None) -> int:
     """Step 2: a btrfs of `tree`, shrunk to its content; returns that size in bytes.
-    `fsid` fixes the filesystem UUID (else mkfs.btrfs draws one)."""
+    `fsid` fixes the filesystem UUID (else mkfs.btrfs draws one) and, with `subvol`, the
+    device UUID. With `subvol` (a directory directly in `tree`) that directory becomes the
+    subvolume and the default one."""
     image.unlink(missing_ok=True)
     image.touch()  # mkfs.btrfs stats the target first and complains about a missing one
-    run([require_version("mkfs.btrfs"), "-q", "--rootdir", tree, "--shrink", "-L", label,
-         *(["-U", fsid] if fsid else []), "-m", "dup", "-d", "single", image],
-        hint="mkfs.btrfs could not build the image; is the disk full?")
+    argv: list[str | Path] = [require_version("mkfs.btrfs"), "-q", "--rootdir", tree,
+                              "--shrink", "-L", label, "-m", "dup", "-d", "single"]
+    if fsid:
+        argv += ["-U", fsid]
+    if subvol:
+        argv += ["--subvol", f"default:{subvol}"]
+        if fsid:
+            argv += ["--device-uuid", device_uuid(fsid)]
+    run([*argv, image], hint="mkfs.btrfs could not build the image; is the disk full?")
     return image.stat().st_size
+
+
+def device_uuid(fsid: str) -> str:
+    """The btrfs device UUID that goes with a fixed filesystem UUID."""
+    return str(uuid.UUID(hex=hashlib.sha256(f"device:{fsid}".encode()).hexdigest()[:32],
+                         version=4))
 
 
 MIN_SIZE = 256 << 20  # the kernel refuses to resize a btrfs to less
@@ -285,39 +223,136 @@ def plan_size(content: int, fixed: int | None, slack: int) -> int:
     return (total + (1 << 20) - 1) // (1 << 20) << 20
 
 
-def pack(tarball: Path, image: Path, opts: PackOptions, guest: Guest, *, log_path: Path,
-         work_dir: Path, fsid: str | None = None) -> dict[str, float]:
-    """The pack stage: rootfs tarball -> raw btrfs image at `image`. `fsid` fixes the
-    filesystem UUID.
+@dataclass(frozen=True)
+class HostJob:
+    """Steps 1-4, as the host side runs them (in this process, or as root of a user
+    namespace: `python -m pipeline.baguette.pack JOB.json`)."""
 
-    Returns sizes in bytes and each phase's seconds (extract_s, mkfs_s, guest_s).
-    """
-    work = work_tempdir(work_dir, "pack")
+    tarball: str
+    work: str
+    image: str
+    label: str
+    size: int | None
+    slack: int
+    fsid: str | None
+    route: str
+    privileged: bool
+    clock: int | None = None  # SOURCE_DATE_EPOCH: the times mkfs.btrfs would take from now
+
+
+def host_side(job: HostJob) -> dict[str, Any]:
+    """Steps 1-4; returns figures and whether the guest has work (`job.tar` in job.work)."""
+    work = Path(job.work)
+    subvolume = Route(job.route) is Route.SUBVOLUME
+    rootdir = work / "root"
+    tree = rootdir / SUBVOL if subvolume else rootdir
+    tree.mkdir(parents=True)
     t0 = time.monotonic()
     try:
-        tree = work / "tree"
-        tree.mkdir()
-        with step("Extracting the rootfs on the host"):
-            staged = extract(plain_tar(tarball, work), tree)
+        with step(f"Extracting the rootfs on the host{' (privileged)' if job.privileged else ''}"):
+            staged = extract(Path(job.tarball), tree, privileged=job.privileged,
+                             placeholders=subvolume)
             info(f"{staged.entries} entries, {staged.content_bytes / 2**20:.0f} MiB of files, "
-                 f"{sum(len(v) for v in staged.owners.values())} to chown, "
+                 f"{len(staged.devices)} device nodes; left for the guest: "
+                 f"{sum(len(v) for v in staged.owners.values())} owners, "
+                 f"{sum(len(v) for v in staged.modes.values())} modes, "
                  f"{len(staged.special)} special")
         t1 = time.monotonic()
-        with step("mkfs.btrfs --rootdir"):
-            content = mkfs(tree, image, opts.label, fsid)
-            size = plan_size(content, opts.size, opts.slack)
+        image = Path(job.image)
+        top = staged.dirs.get("")
+        clock = job.clock if job.clock is not None else int(top.mtime if top else 0)
+        if subvolume:  # the top level's directory: mkfs copies its times
+            os.utime(rootdir, (clock, clock))
+        with step("mkfs.btrfs --rootdir" + (f" --subvol default:{SUBVOL}" if subvolume else "")):
+            content = mkfs(rootdir, image, job.label, job.fsid,
+                           subvol=SUBVOL if subvolume else None)
+            size = plan_size(content, job.size, job.slack)
             os.truncate(image, size)
+            if subvolume:
+                btrfsedit.set_devices(image, {os.fsencode(n): v
+                                              for n, v in staged.devices.items()})
+                btrfsedit.grow(image, size)
+            if job.fsid:
+                btrfsedit.pin(image, job.fsid, int(clock))
             info(f"content {content / 2**20:.0f} MiB, image {size / 2**20:.0f} MiB (sparse)")
-        job = work / "job.tar"
-        write_job(staged, opts.label, job)
-        shutil.rmtree(tree)
+        guest_work = not subvolume or staged.left_for_guest() > 0
+        if guest_work:
+            write_job(staged, job.label, work / "job.tar")
         t2 = time.monotonic()
-        with step(f"Fixing up in the guest ({guest.accel.value})"):
-            guest.boot([Disk(image, "image"), Disk(job, "job", readonly=True)],
-                       "appliance.mode=pack", log_path=log_path, what="pack", expect="PACKED")
-        t3 = time.monotonic()
-        return {"content_bytes": content, "image_bytes": size,
-                "allocated_bytes": image.stat().st_blocks * 512,
-                "extract_s": t1 - t0, "mkfs_s": t2 - t1, "guest_s": t3 - t2}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(rootdir, ignore_errors=True)
+    return {"content_bytes": content, "image_bytes": size, "entries": staged.entries,
+            "guest_work": guest_work, "extract_s": t1 - t0, "mkfs_s": t2 - t1}
+
+
+def _host_side_in_userns(job: HostJob) -> dict[str, Any]:
+    """host_side() as root of a user namespace over this user's subordinate ids."""
+    work = Path(job.work)
+    request, result = work / "host-job.json", work / "host-result.json"
+    request.write_text(json.dumps(asdict(job)))
+    proc = subprocess.run(userns.argv([sys.executable, "-m", "pipeline.baguette.pack",
+                                       str(request), str(result)]),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    sys.stderr.write(proc.stderr.decode(errors="replace"))  # its step lines
+    try:
+        out: dict[str, Any] = json.loads(result.read_text())
+    except (OSError, ValueError):
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-5:]
+        raise PipelineError(
+            f"the host side of the pack (in a user namespace) failed (exit "
+            f"{proc.returncode}): {' | '.join(tail)}",
+            hint="set up subordinate ids for this user (/etc/subuid, /etc/subgid) or run as "
+            "root; the message above is the tool's") from None
+    if "error" in out:
+        raise PipelineError(out["error"], hint=out.get("hint", ""))
+    return out
+
+
+def pack(tarball: Path, image: Path, opts: PackOptions, guest: Guest, *, log_path: Path,
+         work_dir: Path, fsid: str | None = None, how: Plan | None = None,
+         clock: int | None = None) -> dict[str, Any]:
+    """The pack stage: rootfs tarball -> raw btrfs image at `image`. `fsid` fixes the
+    filesystem UUID and seeds every other UUID mkfs would draw (btrfsedit.pin); `clock`
+    (SOURCE_DATE_EPOCH) stands for the time mkfs would read; `how` overrides the route and
+    extractor plan() chooses.
+
+    Returns sizes in bytes, each phase's seconds (extract_s, mkfs_s, guest_s), the route,
+    who extracted and whether the guest booted.
+    """
+    how = how or plan()
+    info(f"pack route: {how.route.value} ({how.why})")
+    work = work_tempdir(work_dir, "pack")
+    try:
+        job = HostJob(str(plain_tar(tarball, work)), str(work), str(image), opts.label,
+                      opts.size, opts.slack, fsid, how.route.value, how.host is not Host.USER,
+                      clock)
+        figures = _host_side_in_userns(job) if how.host is Host.USERNS else host_side(job)
+        t2 = time.monotonic()
+        if figures["guest_work"]:
+            mode = "fixup" if how.route is Route.SUBVOLUME else "pack"
+            with step(f"Fixing up in the guest ({guest.accel.value})"):
+                guest.boot([Disk(image, "image"), Disk(work / "job.tar", "job", readonly=True)],
+                           f"appliance.mode={mode}", log_path=log_path, what="pack",
+                           expect="PACKED", job=True)
+        else:
+            info("nothing left for the guest (owners, modes, device nodes and xattrs are set "
+                 "on the host): no VM boot")
+        return {**figures, "guest_s": time.monotonic() - t2, "route": how.route.value,
+                "host": how.host.value, "guest_booted": figures["guest_work"],
+                "allocated_bytes": image.stat().st_blocks * 512}
+    finally:
+        userns.remove_tree(work)
+
+
+def _child_main(request: Path, result: Path) -> int:
+    """The host side as root of a user namespace (see _host_side_in_userns)."""
+    try:
+        out = host_side(HostJob(**json.loads(request.read_text())))
+    except PipelineError as exc:
+        out = {"error": exc.message, "hint": exc.hint}
+    result.write_text(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -38,6 +38,11 @@ HOST_TOOLS: dict[str, str] = {
     "tar2sqfs": "squashfs-tools-ng",
     "lxc": "lxd-client",
     "cp": "coreutils",
+    "chown": "coreutils",
+    "chmod": "coreutils",
+    "xargs": "findutils",
+    "unshare": "util-linux",
+    "newuidmap": "uidmap",
 }
 
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -46,7 +51,8 @@ SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 # QEMU 7.2; the floors are Debian 11's versions, older than anything the features need.
 MIN_VERSIONS: dict[str, tuple[tuple[int, ...], str]] = {
     "mkfs.btrfs": ((5, 10), "mkfs.btrfs --rootdir with --shrink (4.14.1+) and a btrfs whose "
-                   "`subvolume set-default` takes just a path"),
+                   "`subvolume set-default` takes just a path; 6.12+ makes the subvolume "
+                   "itself (pack.SUBVOL_MKFS)"),
     "qemu-system-x86_64": ((5, 2), "PVH boot of the appliance's vmlinux (4.0+), "
                            "`-accel` and `-nic none`"),
 }

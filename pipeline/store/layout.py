@@ -11,7 +11,7 @@
       <image>/.inputs/<stage>.json  the record of the image's latest build of that stage
       <image>/.inputs/<stage>.history  the keys it was built with, newest last (gc keeps some)
       logs/<image>/<what>.console.log  VM helper console logs
-      .cache/                       the hash memo, the KVM verdict
+      .cache/                       the hash memo (the KVM verdict is per user: accel.verdict_dir)
       tmp/run.<id>/, run.<id>.lock  one process's work directories, and the lock it holds
 
 This module is the only one that knows these names. The record of a stage's latest build is

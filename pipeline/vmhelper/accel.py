@@ -3,7 +3,9 @@
 `/dev/kvm` opening is not proof that KVM works: on some hosts (nested or paravirtualised
 KVM) QEMU aborts, hangs or hits an emulation failure. So `auto` boots the appliance once in
 probe mode under KVM with a short timeout, and falls back to TCG when that fails. The verdict
-is remembered per host (kernel release, QEMU binary, CPU model) in the artifacts cache.
+is remembered per host (kernel release, QEMU binary, CPU model) in the user's cache directory
+(verdict_dir: $XDG_CACHE_HOME, else ~/.cache), so a new artifacts directory or checkout does
+not pay the probe again.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Accel
 from ..core.errors import GuestError, PipelineError
 from ..core.fsutil import atomic_write_bytes
-from ..core.log import info
+from ..core.log import info, warn
 from ..core.run import require
 from .appliance import Appliance
 from .qemu import boot
@@ -29,6 +32,14 @@ PROBE_TIMEOUT = 15.0  # a working KVM boots the probe in 1-2 s
 class Choice:
     accel: Accel
     reason: str
+
+
+def verdict_dir() -> Path:
+    """Where this user keeps the KVM verdicts: $XDG_CACHE_HOME/cros-guest-pipeline (the XDG
+    base directory rule: ~/.cache when unset or not absolute)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(base) if base.startswith("/") else Path.home() / ".cache"
+    return root / "cros-guest-pipeline"
 
 
 def kvm_device_problem(dev: Path = Path("/dev/kvm")) -> str | None:
@@ -61,7 +72,7 @@ def probe_kvm(appliance: Appliance, log_path: Path) -> str | None:
     try:
         boot(appliance, Accel.KVM, [], "appliance.mode=probe", log_path=log_path,
              timeout=PROBE_TIMEOUT, memory_mib=256, what="KVM probe", expect="READY",
-             retry=False)
+             retry=False, job=True)
     except GuestError as exc:
         return exc.message.split("\n")[0]
     return None
@@ -82,13 +93,9 @@ def choose(setting: Accel, appliance: Appliance, cache_dir: Path,
             verdicts = {}
         if host in verdicts:
             problem = verdicts[host] or None
-            suffix = " (remembered verdict for this host)"
+            suffix = f" (remembered verdict for this host, {verdict_file})"
         else:
-            problem = probe_kvm(appliance, cache_dir / "kvm-probe.console.log")
-            verdicts[host] = problem or ""
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(verdict_file, json.dumps(verdicts, indent=1).encode())
-            suffix = " (probed)"
+            problem, suffix = _probe_and_remember(appliance, cache_dir, verdicts, host)
         if problem is None:
             return _say(Choice(Accel.KVM, "KVM works" + suffix))
         problem = f"KVM is present but broken: {problem}{suffix}"
@@ -99,6 +106,23 @@ def choose(setting: Accel, appliance: Appliance, cache_dir: Path,
             f"delete {cache_dir / 'kvm-verdict.json'} to probe again",
         )
     return _say(Choice(Accel.TCG, problem))
+
+
+def _probe_and_remember(appliance: Appliance, cache_dir: Path, verdicts: dict[str, str],
+                        host: str) -> tuple[str | None, str]:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = cache_dir
+    except OSError as exc:  # no usable home (a system user): probe, remember nothing
+        warn(f"cannot keep the KVM verdict in {cache_dir} ({exc.strerror}); "
+             "set XDG_CACHE_HOME to a writable directory")
+        log_dir = Path(tempfile.mkdtemp(prefix="kvm-probe."))
+    problem = probe_kvm(appliance, log_dir / "kvm-probe.console.log")
+    if log_dir is cache_dir:
+        verdicts[host] = problem or ""
+        atomic_write_bytes(cache_dir / "kvm-verdict.json",
+                           json.dumps(verdicts, indent=1).encode())
+    return problem, " (probed)"
 
 
 def _say(choice: Choice) -> Choice:

@@ -1,8 +1,10 @@
 """The VM helper's appliance: the host kernel plus a small initramfs, cached by content.
 
 Technical details. The initramfs holds `qemu/init` as /init, static busybox, GNU tar,
-btrfs-progs and zstd with the shared libraries `ldd` lists, and the kernel modules the guest
-needs (virtio disks, btrfs, ext4) resolved with `modprobe -S KVER --show-depends`. Its store
+`btrfs`, GNU xargs, chown and chmod with the shared libraries `ldd` lists, and the kernel
+modules the guest needs resolved with `modprobe -S KVER --show-depends`: virtio disks and
+btrfs for every mode, ext4 (and dummy) listed apart for mode `boot` only. Every byte of it is
+unpacked and every module relocated at each boot, which costs under TCG. Its store
 key hashes the kernel, every copied file, the recipe and the init script, so a kernel or
 btrfs-progs upgrade rebuilds it and nothing else does.
 """
@@ -25,7 +27,7 @@ from ..store.hashing import FileHashMemo, sha256_file
 from ..store.keys import StageInputs
 from .cpio import CpioWriter
 
-VERSION = 2
+VERSION = 3  # 3: boot-only modules; no mkfs.btrfs, zstd
 INIT_SCRIPT = QEMU_DIR / "init"
 RECIPE = QEMU_DIR / "appliance.toml"
 
@@ -45,6 +47,7 @@ class Plan:
     kernel_version: str
     files: dict[str, Path]
     modules: list[Path]
+    boot_modules: list[Path]  # loaded only when the guest boots an image (mode `boot`)
 
 
 def find_kernel(configured: Path | None) -> tuple[Path, str]:
@@ -131,7 +134,9 @@ def plan(kernel_setting: Path | None) -> Plan:
         for lib in _libraries(host):
             files.setdefault(str(lib), lib)
     modules = _modules(version, list(recipe["modules"]["load"]))
-    return Plan(kernel, version, files, modules)
+    boot = [m for m in _modules(version, list(recipe["modules"].get("boot", [])))
+            if m not in modules]
+    return Plan(kernel, version, files, modules, boot)
 
 
 def inputs(p: Plan, memo: FileHashMemo) -> StageInputs:
@@ -144,6 +149,7 @@ def inputs(p: Plan, memo: FileHashMemo) -> StageInputs:
             "recipe": sha256_file(RECIPE),
             "files": {inside: memo.sha256(host) for inside, host in sorted(p.files.items())},
             "modules": [memo.sha256(m) for m in p.modules],
+            "boot_modules": [memo.sha256(m) for m in p.boot_modules],
         },
     )
 
@@ -179,12 +185,13 @@ def write_initrd(p: Plan, target: Path) -> None:
         for inside, host in sorted(p.files.items()):
             mkdirs(inside)
             cpio.file(inside.lstrip("/"), Path(host).resolve().read_bytes(), 0o755)
-        order = []
-        for m in p.modules:
-            name, data = _module_bytes(m)
-            cpio.file(f"modules/{name}", data, 0o644)
-            order.append(name)
-        cpio.file("modules/order", ("\n".join(order) + "\n").encode(), 0o644)
+        for listing, mods in (("order", p.modules), ("boot-order", p.boot_modules)):
+            order = []
+            for m in mods:
+                name, data = _module_bytes(m)
+                cpio.file(f"modules/{name}", data, 0o644)
+                order.append(name)
+            cpio.file(f"modules/{listing}", ("\n".join(order) + "\n").encode(), 0o644)
         cpio.close()
 
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.rootfs import write_rich_rootfs
+from tests.support.rootfs import add_sbin_init, write_rich_rootfs
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 RUNS = 5
@@ -29,7 +29,7 @@ def doit(config: Path, db: Path, *args: str) -> float:
 
 
 def noop_by_image_size(work: Path) -> None:
-    write_rich_rootfs(work / "rootfs.tar")
+    add_sbin_init(write_rich_rootfs(work / "rootfs.tar"))  # an init: the rootfs stage wants one
     times = {}
     for name, size in (("small", '"auto"'), ("large", '"3GiB"')):
         config = work / f"{name}.toml"

@@ -31,7 +31,7 @@ def inspect_image(image: Path, tree: Path, *, appliance: Appliance, accel: Accel
         f.truncate(image.stat().st_size + (64 << 20))
     result = boot(appliance, accel, [Disk(image, "image", readonly=True), Disk(tree, "out")],
                   "appliance.mode=inspect", log_path=log_path, timeout=timeout,
-                  what="inspect", expect="INSPECTED")
+                  what="inspect", expect="INSPECTED", job=True)
 
     def path_of(line: str) -> str:
         m = re.search(r"\bpath (\S+)\s*$", line)

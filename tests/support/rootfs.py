@@ -135,3 +135,25 @@ FORMATS = {
 }
 
 
+
+
+def write_many_names_rootfs(path: Path, count: int) -> Path:
+    """A plain tar of `count` empty files in 100 directories, owned by 1000:1000 (some 0:42,
+    some setuid), whose names hold spaces, newlines, a leading '-', backslashes and non-UTF-8
+    bytes: what the guest's owner and mode lists must carry intact."""
+    odd = ("plain {i}", "with space {i}", "new\nline {i}", "-dash{i}", "back\\slash{i}",
+           "bytes \udcff\udcfe {i}", "ünï {i}", "--{i}")
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT,
+                      encoding="utf-8", errors="surrogateescape") as tf:
+        _add(tf, "./", tarfile.DIRTYPE, 0o755)
+        per_dir = max(1, count // 100)
+        for d in range(0, count, per_dir):
+            dname = f"./d {d // per_dir:02d}\udcff"
+            _add(tf, dname + "/", tarfile.DIRTYPE, 0o750, uid=1000, gid=1000)
+            for i in range(d, min(d + per_dir, count)):
+                name = odd[i % len(odd)].format(i=i)
+                if i % 97 == 0:
+                    _add(tf, f"{dname}/{name}", tarfile.REGTYPE, 0o4755, uid=1000, gid=42)
+                else:
+                    _add(tf, f"{dname}/{name}", tarfile.REGTYPE, 0o640, uid=1000, gid=1000)
+    return path

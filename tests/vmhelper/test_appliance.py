@@ -158,7 +158,8 @@ def test_initrd_lists_with_cpio(real_plan: Plan, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     listed = proc.stdout.split()
     assert len(listed) == len(set(listed))
-    for name in ("init", "bin/busybox", "bin/tar", "modules/order", "usr/sbin/mkfs.btrfs"):
+    for name in ("init", "bin/busybox", "bin/tar", "modules/order", "modules/boot-order",
+                 "usr/sbin/btrfs", "usr/bin/xargs", "usr/bin/chown"):
         assert name in listed
 
     out = tmp_path / "x"
@@ -166,8 +167,11 @@ def test_initrd_lists_with_cpio(real_plan: Plan, tmp_path: Path) -> None:
     with open(initrd, "rb") as f:
         subprocess.run(["cpio", "-id", "--quiet"], stdin=f, cwd=out, check=True)
     order = (out / "modules" / "order").read_text().split()
-    assert "btrfs.ko" in order and "virtio_blk.ko" in order
+    assert "btrfs.ko" in order and "virtio_blk.ko" in order and "ext4.ko" not in order
     assert len(order) == len(real_plan.modules)
+    boot = (out / "modules" / "boot-order").read_text().split()
+    assert "ext4.ko" in boot and not set(boot) & set(order)
+    order += boot
     for name in order:
         assert f"modules/{name}" in listed
         assert (out / "modules" / name).read_bytes()[:4] == b"\x7fELF"  # decompressed

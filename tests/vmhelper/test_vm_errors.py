@@ -22,6 +22,7 @@ from pipeline.vmhelper.qemu import boot
 from tests.support.tools import small_tmpfs
 
 OPTS = pack.PackOptions("x", None, 0)
+SNAPSHOT = pack.Plan(pack.Route.SNAPSHOT, pack.Host.ROOT, "test: a guest that does something")
 
 
 def tcg(appliance: Appliance) -> vm.Guest:
@@ -45,13 +46,13 @@ def _tar(path: Path, names: list[str]) -> Path:
 
 
 def test_guest_error_names_the_console_log(appliance: Appliance, tmp_path: Path) -> None:
-    """A tree that already holds /rootfs_subvol makes the guest refuse; the message says so
-    and names the console log, which is kept."""
+    """On the snapshot route a tree that already holds /rootfs_subvol makes the guest refuse;
+    the message says so and names the console log, which is kept."""
     tarball = _tar(tmp_path / "r.tar", ["./", "./rootfs_subvol/", "./rootfs_subvol/x"])
     log = tmp_path / "logs" / "pack.console.log"
     with pytest.raises(GuestError) as err:
         pack.pack(tarball, tmp_path / "disk.img", OPTS, tcg(appliance), log_path=log,
-                  work_dir=tmp_path)
+                  work_dir=tmp_path, how=SNAPSHOT)
     assert "rootfs_subvol" in err.value.message
     assert str(log) in err.value.message
     assert "@@ERROR" in log.read_text()
@@ -141,7 +142,7 @@ def test_guest_kernel_panic_is_reported_and_cleaned_up(appliance: Appliance, tmp
     log = tmp_path / "logs" / "pack.console.log"
     with pytest.raises(GuestError) as err:
         pack.pack(tarball, tmp_path / "disk.img", OPTS, tcg(appliance), log_path=log,
-                  work_dir=tmp_path)
+                  work_dir=tmp_path, how=SNAPSHOT)
     assert "(kernel panic)" in err.value.message and str(log) in err.value.message
     assert err.value.console_log == str(log)
     assert "Kernel panic" in log.read_text()
@@ -177,3 +178,42 @@ def test_host_disk_full_under_the_guest_is_an_error_not_a_pause(
         took = time.monotonic() - start
         assert "did not finish" not in err.value.message, "the guest was paused, not told"
         print(f"\nfull disk under the guest: failed after {took:.1f} s: {err.value.message}")
+
+
+def test_the_kvm_verdict_is_kept_per_user_not_per_artifacts_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verdict lives in $XDG_CACHE_HOME/cros-guest-pipeline (~/.cache when unset): a
+    build from a second artifacts directory does not probe again."""
+    from pipeline import config, stages
+    from pipeline.vmhelper import accel
+
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert accel.verdict_dir() == tmp_path / "home" / ".cache" / "cros-guest-pipeline"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert accel.verdict_dir() == tmp_path / "xdg" / "cros-guest-pipeline"
+
+    probes: list[Path] = []
+
+    def probe(_appliance: object, log: Path) -> str:
+        probes.append(log)
+        return "emulation failure"
+
+    monkeypatch.setattr(accel, "probe_kvm", probe)
+    monkeypatch.setattr(accel, "kvm_device_problem", lambda *_: None)  # "/dev/kvm opens"
+    monkeypatch.setattr(accel, "_host_id", lambda: "this host")
+    monkeypatch.setattr(stages, "appliance", lambda run: Appliance(Path("k"), Path("i"), "x"))
+    (tmp_path / "r.tar").write_bytes(b"")
+    reasons = []
+    for name in ("a", "b"):
+        toml = tmp_path / f"{name}.toml"
+        toml.write_text(f'[build]\nartifacts = "{tmp_path / name}"\n'
+                        '[images.x]\nsource = "tarball"\ndotfiles = ""\n'
+                        f'[images.x.tarball]\npath = "{tmp_path / "r.tar"}"\n')
+        vm_ = stages.guest(stages.open_run(config.load(toml), None))
+        assert vm_.accel is Accel.TCG
+        reasons.append(vm_.accel_reason)
+    assert len(probes) == 1, "the second artifacts directory probed again"
+    assert "probed" in reasons[0] and "remembered" in reasons[1]
+    assert (tmp_path / "xdg" / "cros-guest-pipeline" / "kvm-verdict.json").is_file()
+    assert not (tmp_path / "a" / ".cache" / "kvm-verdict.json").exists()

@@ -1,0 +1,30 @@
+"""`doit bench` runs in the runtime venv, which has no pytest: nothing the benchmarks import
+(tests/bench, tests/support helpers they use) may import pytest, directly or indirectly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHECK = """
+import sys
+sys.modules["pytest"] = None  # `import pytest` raises ImportError, as in the runtime venv
+import tests.bench.__main__, tests.bench.incremental, tests.bench.guestboot
+"""
+
+
+def test_the_benchmarks_import_without_pytest() -> None:
+    proc = subprocess.run([sys.executable, "-c", CHECK], cwd=ROOT, capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_doit_bench_runs_the_benchmarks_with_the_venv_python() -> None:
+    from pipeline import config, tasks
+
+    creators = tasks.creators(config.load(ROOT / "images.toml"), None)
+    task = creators["task_bench"]()
+    assert task["actions"] == [[sys.executable, "-m", "tests.bench"]]

@@ -1,0 +1,60 @@
+"""hostsetup's btrfs-progs decision: on Debian 12 with btrfs-progs older than 6.12, the
+backports suite is added (unless apt already has it) and pinned to that one package; with a
+new enough one, or on another release, nothing is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import hostsetup
+
+
+@pytest.fixture
+def written(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[Path, str]:
+    out: dict[Path, str] = {}
+    monkeypatch.setattr(hostsetup, "_write_root_file", lambda p, t: out.__setitem__(p, t))
+    monkeypatch.setattr(hostsetup, "backports_configured", lambda suite: False)
+    monkeypatch.setattr(hostsetup, "debian_mirror", lambda: "http://mirror.example/debian")
+    return out
+
+
+def test_bookworm_with_6_2_pins_btrfs_progs_to_backports(
+        written: dict[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostsetup, "installed_version", lambda p: (6, 2))
+    monkeypatch.setattr(hostsetup, "codename", lambda: "bookworm")
+    assert hostsetup.btrfs_progs_from_backports() is True
+    pin = written[hostsetup.APT_PIN]
+    assert "Package: btrfs-progs\nPin: release n=bookworm-backports\nPin-Priority: 500" in pin
+    assert "Package: *" not in pin  # nothing else is pinned up
+    source = written[hostsetup.APT_SOURCE]
+    assert "Suites: bookworm-backports" in source and "http://mirror.example/debian" in source
+
+
+@pytest.mark.parametrize(("version", "release"), [((6, 14), "bookworm"), ((6, 2), "bullseye"),
+                                                  ((6, 14), "trixie")])
+def test_nothing_is_written_otherwise(version: tuple[int, int], release: str,
+                                      written: dict[Path, str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostsetup, "installed_version", lambda p: version)
+    monkeypatch.setattr(hostsetup, "codename", lambda: release)
+    assert hostsetup.btrfs_progs_from_backports() is False
+    assert written == {}
+
+
+def test_apt_sources_are_read_in_both_formats(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://deb.example/debian\nSuites: bookworm bookworm-updates\n")
+    assert hostsetup.debian_mirror(tmp_path) == "http://deb.example/debian"
+    assert not hostsetup.backports_configured("bookworm-backports", tmp_path)
+    (tmp_path / "sources.list").write_text(
+        "deb [arch=amd64] http://one.example/debian bookworm-backports main\n")
+    assert hostsetup.debian_mirror(tmp_path) == "http://one.example/debian"
+    assert hostsetup.backports_configured("bookworm-backports", tmp_path)
+    (tmp_path / "sources.list").write_text("# deb http://x/debian bookworm-backports main\n")
+    assert not hostsetup.backports_configured("bookworm-backports", tmp_path)
+    os_release = tmp_path / "os-release"
+    os_release.write_text('NAME="Debian"\nVERSION_CODENAME=bookworm\n')
+    assert hostsetup.codename(os_release) == "bookworm"
