@@ -113,8 +113,11 @@ def test_crostini_container_passes_every_check(project: Path, lxd: LXD,  # noqa:
     lxd.import_split(out / "metadata.tar.xz", out / "rootfs.tar.xz", alias="alice")
     lxd.containers.add("alice-c")
     log = tmp_path / "crostini.results.log"
-    report = crostini.run(lxd.lxc, "alice", container="alice-c", setup_user="alice",
-                          dotfiles=toolsdisk.dotfile_names(ROOT / "dotfiles"), work_dir=tmp_path,
-                          log_path=log)
+    try:
+        report = crostini.run(lxd.lxc, "alice", container="alice-c", setup_user="alice",
+                              dotfiles=toolsdisk.dotfile_names(ROOT / "dotfiles"),
+                              work_dir=tmp_path, log_path=log)
+    finally:
+        lxd.delete("alice-c")  # its session would keep running beside the rest of the suite
     assert report.failed == [], "\n".join(report.lines()) + "\n" + log.read_text()[-3000:]
     assert report.finished
