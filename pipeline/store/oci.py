@@ -10,7 +10,8 @@ manifest upload), with three things of its own:
   - credentials come from PIPELINE_REGISTRY_USER + PIPELINE_REGISTRY_PASSWORD, else the
     Docker config ($DOCKER_CONFIG/config.json or ~/.docker/config.json: `auths`, and a
     `credHelpers` / `credsStore` helper), never from images.toml.
-TLS is verified against the system's CAs, or REQUESTS_CA_BUNDLE / SSL_CERT_FILE.
+TLS is verified against the system's CAs, or the bundle REQUESTS_CA_BUNDLE (else
+SSL_CERT_FILE) names.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class Credentials:
     username: str
     password: str
     origin: str  # where they came from, for messages (never the secret itself)
+
+
+def ca_bundle(env: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    """The CA bundle to verify the registry with ('' for the system's)."""
+    return env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or ""
 
 
 def docker_config_path(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
@@ -128,12 +134,14 @@ class Client:
     """One repository of one registry (`host`, `repository`), over HTTPS."""
 
     def __init__(self, host: str, repository: str, creds: Credentials | None = None,
-                 insecure: bool = False) -> None:
+                 insecure: bool = False, ca_bundle: str = "") -> None:
         self.host, self.repository = host, repository
         self.creds = creds
         self.registry = _registry_class()(hostname=host, insecure=insecure)
         self.registry.client = self
         self.session = self.registry.session
+        self.verify: str | bool = ca_bundle or True  # passed per request: requests lets
+        # the process's REQUESTS_CA_BUNDLE override a session's own setting
         self.scheme = "http" if insecure else "https"
         self.container = self.registry.get_container(f"{host}/{repository}")
         self._auth: dict[str, str] = {}  # the Authorization header that last worked, by scope
@@ -162,7 +170,7 @@ class Client:
               stream: bool) -> requests.Response:
         try:
             return self.session.request(method, url, data=data, json=json, headers=headers,
-                                        stream=stream, timeout=TIMEOUT)
+                                        stream=stream, timeout=TIMEOUT, verify=self.verify)
         except requests.exceptions.SSLError as exc:
             raise RemoteError("tls", f"{self.where}: TLS failed ({_reason(exc)})",
                               hint="trust the registry's CA (the system's store, or "
@@ -190,7 +198,8 @@ class Client:
         if self.creds is not None:
             auth = (self.creds.username, self.creds.password)
         try:
-            r = self.session.get(realm, params=fields, auth=auth, timeout=TIMEOUT)
+            r = self.session.get(realm, params=fields, auth=auth, timeout=TIMEOUT,
+                                 verify=self.verify)
         except requests.exceptions.RequestException as exc:
             raise RemoteError("unreachable", f"{self.where}: the token service {realm} cannot "
                               f"be reached ({_reason(exc)})", hint="check the network") from None
@@ -234,6 +243,15 @@ class Client:
         if not isinstance(manifest, dict):
             raise RemoteError("protocol", f"{self.where}: the manifest {tag} is no object")
         return manifest
+
+    def repository_exists(self) -> bool:
+        """Does the repository exist? (A manifest lookup cannot tell: distribution answers
+        MANIFEST_UNKNOWN for a tag of a repository that does not exist either.)"""
+        r = self.request("GET", self._url("tags/list?n=1"))
+        if r.status_code == 404 and "NAME_UNKNOWN" in _codes(r):
+            return False
+        self.check(r, "listing the tags", (200,))
+        return True
 
     def has_manifest(self, tag: str) -> bool:
         r = self.request("HEAD", self._url(f"manifests/{tag}"),

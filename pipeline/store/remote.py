@@ -42,7 +42,7 @@ from .entries import Store, recorded
 from .hashing import SPARSE, sha256_file
 from .keys import StageInputs, stage_key
 from .layout import FILES_FILE, INPUTS_FILE
-from .oci import Client, RemoteError, credentials
+from .oci import Client, RemoteError, ca_bundle, credentials
 
 ENTRY_TYPE = "application/vnd.cros-guest-pipeline.entry.v1+json"
 FILE_TYPE = "application/octet-stream"
@@ -61,6 +61,7 @@ class Remote:
     options: CacheOptions
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     off: dict[str, str] = field(default_factory=dict)  # "pull"/"push" -> why it is off
+    checked_repository: bool = False
     _client: Client | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,7 +73,8 @@ class Remote:
         with self._lock:
             if self._client is None:
                 host, repo = remote_parts(self.options.remote)
-                self._client = Client(host, repo, credentials(host, self.env))
+                self._client = Client(host, repo, credentials(host, self.env),
+                                      ca_bundle=ca_bundle(self.env))
             return self._client
 
     # --- the two directions ---------------------------------------------------------
@@ -85,6 +87,7 @@ class Remote:
         try:
             manifest = self.client().manifest(si.key)
             if manifest is None:
+                self._check_repository()
                 info(f"{si.stage}: not in {self.where} ({si.key})")
                 return False
             with step(f"Pulling {si.stage} {si.key} from {self.where}"):
@@ -93,6 +96,23 @@ class Remote:
         except RemoteError as exc:
             self._failed(exc, "pull")
             return False
+
+    def _check_repository(self) -> None:
+        """After the run's first miss: a repository that does not exist is a fault when
+        this machine only pulls (a wrong cache.remote), and nothing to say when it pushes
+        (the first push creates it)."""
+        if self.checked_repository:
+            return
+        self.checked_repository = True
+        if self.client().repository_exists():
+            return
+        if self.options.push:
+            info(f"{self.where} does not exist yet: nothing to pull (the first push creates it)")
+            self.off["pull"] = "no-repository"
+            return
+        raise RemoteError("no-repository", f"{self.where}: the repository does not exist",
+                          hint="check cache.remote (a machine with cache.push = true creates "
+                          "it with its first push)")
 
     def push(self, store: Store, si: StageInputs, image: str, work: Path) -> None:
         """Upload the key's entry (just built here) unless the remote has the key."""

@@ -6,6 +6,7 @@ with TLS from a CA the test makes (openssl) and htpasswd users (bcrypt, apache2-
         reg.ca              the CA certificate to trust (REQUESTS_CA_BUNDLE)
         reg.env()           the environment a client needs (CA, user, password)
         reg.blob_file(d)    the file holding blob `sha256:...` in the registry's storage
+        reg.manifest_file(repo, tag)  the file holding the manifest a tag points at
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ class Registry:
     def env(self, password: str = PASSWORD) -> dict[str, str]:
         return {"REQUESTS_CA_BUNDLE": str(self.ca), "PIPELINE_REGISTRY_USER": USER,
                 "PIPELINE_REGISTRY_PASSWORD": password}
+
+    def manifest_file(self, repository: str, tag: str) -> Path:
+        """The blob file of the manifest `tag` points at in `repository`."""
+        link = (self.storage / "docker/registry/v2/repositories" / repository / "_manifests"
+                / "tags" / tag / "current" / "link")
+        return self.blob_file(link.read_text().strip())
 
     def blob_file(self, digest: str) -> Path:
         hexa = digest.removeprefix("sha256:")
