@@ -100,17 +100,18 @@ class Store:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def new_entry(self, si: StageInputs,
-                  expect: dict[str, tuple[str, int]] | None = None) -> Iterator[Path]:
+    def new_entry(self, si: StageInputs, expect: dict[str, tuple[str, int]] | None = None,
+                  known: dict[str, str] | None = None) -> Iterator[Path]:
         """A temporary directory to build into; committed under its key on success, with
         its files' sizes and hashes, then its inputs (last: they mark it complete).
 
         With `expect` ({path: (digest, size)}, what another store recorded for this key: a
         remote's entry), the files must be exactly those: any other digest, size, a missing
-        or an extra file raises, naming it, and nothing enters the store."""
+        or an extra file raises, naming it, and nothing enters the store. `known` gives the
+        digests of files the caller hashed as it wrote them (not read again)."""
         with atomic_dir(self.path(si)) as tmp:
             yield tmp
-            listed = file_list(tmp)
+            listed = file_list(tmp, known)
             if expect is not None:
                 found = differences(expect, parse_file_list(listed))
                 if found:
@@ -185,9 +186,10 @@ class Store:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def file_list(entry: Path) -> str:
+def file_list(entry: Path, known: dict[str, str] | None = None) -> str:
     """`files.sha256` of a directory: "sha256  size  path" per file, sorted (a file with
-    holes gets hashing.sparse_sha256, which does not read them)."""
+    holes gets hashing.sparse_sha256, which does not read them); a file in `known` has the
+    digest given there."""
     lines = []
     for dirpath, dirnames, filenames in os.walk(entry):
         dirnames.sort()
@@ -196,7 +198,8 @@ def file_list(entry: Path) -> str:
             rel = p.relative_to(entry).as_posix()
             if rel in (FILES_FILE, INPUTS_FILE) or p.is_symlink():
                 continue
-            lines.append(f"{file_digest(p)}  {p.stat().st_size}  {rel}\n")
+            digest = (known or {}).get(rel) or file_digest(p)
+            lines.append(f"{digest}  {p.stat().st_size}  {rel}\n")
     return "".join(lines)
 
 

@@ -179,6 +179,9 @@ class Client:
             raise RemoteError("unreachable", f"{self.where}: the registry cannot be reached "
                               f"({_reason(exc)})",
                               hint="check cache.remote and the network") from None
+        except requests.exceptions.RequestException as exc:
+            raise RemoteError("protocol", f"{self.where}: {method} failed ({_reason(exc)})",
+                              hint="check cache.remote") from None
 
     def _answer(self, challenge: str) -> str | None:
         """The Authorization header answering a WWW-Authenticate challenge (None: none)."""

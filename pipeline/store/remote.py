@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -49,6 +50,7 @@ FILE_TYPE = "application/octet-stream"
 SPARSE_TYPE = "application/vnd.cros-guest-pipeline.sparse+zstd"
 A = "dev.cros-guest-pipeline."  # annotation prefix
 TITLE = "org.opencontainers.image.title"
+FETCHERS = 3  # blobs of one entry downloaded at once
 SPARSE_LEVEL = 3  # zstd level of a sparse file on the way (the default image's disk.img)
 # failures after which the remote is left alone for the rest of the run (both ways)
 WHOLE_REMOTE = ("unreachable", "tls", "auth", "forbidden", "rate-limit")
@@ -127,6 +129,10 @@ class Remote:
                 _push_entry(client, store.path(si), si, image, work)
         except RemoteError as exc:
             self._failed(exc, "push")
+        except OSError as exc:  # reading the entry, or the scratch space for a sparse file
+            self._failed(RemoteError("local", f"{self.where}: cannot send {si.stage} {si.key}"
+                                     f": {exc.strerror or exc} ({exc.filename or ''})",
+                                     hint="free space under artifacts/tmp"), "push")
 
     def _failed(self, exc: RemoteError, direction: str) -> None:
         """Say it in one line and go on locally; or stop, when the remote is required."""
@@ -236,15 +242,23 @@ def _fetch_entry(client: Client, store: Store, si: StageInputs, manifest: dict[s
     if payload["stage"] != si.stage or made != si.key:
         raise _corrupt(client, si, f"holds the inputs of another key ({made})")
     expect = {rel: (digest, size) for rel, _layer, digest, size in files}
+    # a plain file's blob digest is its sha256, checked as it arrived: not hashed again
+    known = {rel: layer["digest"].removeprefix("sha256:") for rel, layer, _d, _s in files
+             if layer["mediaType"] == FILE_TYPE}
+
+    def fetch(tmp: Path, rel: str, layer: dict[str, Any]) -> None:
+        dest = tmp / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if layer["mediaType"] == SPARSE_TYPE:
+            _fetch_sparse(client, layer, dest, work)
+        else:
+            client.fetch_blob(layer["digest"], int(layer["size"]), dest)
+
     try:
-        with store.new_entry(si, expect=expect) as tmp:
-            for rel, layer, _digest, _size in files:
-                dest = tmp / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if layer["mediaType"] == SPARSE_TYPE:
-                    _fetch_sparse(client, layer, dest, work)
-                else:
-                    client.fetch_blob(layer["digest"], int(layer["size"]), dest)
+        with store.new_entry(si, expect=expect, known=known) as tmp, \
+                ThreadPoolExecutor(max_workers=FETCHERS) as pool:
+            for done in [pool.submit(fetch, tmp, rel, layer) for rel, layer, _d, _s in files]:
+                done.result()  # the first failure raises; the pool waits for the others
     except RemoteError:
         raise
     except PipelineError as exc:  # new_entry: the files are not what the key recorded

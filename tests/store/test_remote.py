@@ -128,12 +128,14 @@ def test_a_damaged_blob_never_becomes_an_entry(
     assert not b.has(si)
 
 
+@pytest.mark.parametrize(("name", "wrong"), [("disk.img", "sparse-sha256:" + "0" * 64),
+                                             ("small.txt", "0" * 64)])
 def test_files_other_than_recorded_are_refused(
-        registry: Registry, stores: tuple[Store, Store, Path]) -> None:
+        registry: Registry, stores: tuple[Store, Store, Path], name: str, wrong: str) -> None:
     """A manifest whose blobs are intact but whose recorded digest differs (a registry that
     mixed up two entries): the decompressed / written files are checked against it."""
     a, b, work = stores
-    si = StageInputs("rootfs", 1, {"test": "wrong record"})
+    si = StageInputs("rootfs", 1, {"test": f"wrong record {name}"})
     _entry(a, si, b"recorded\n")
     remote = _remote(registry, "unit/wrong-record")
     remote.push(a, si, "tiny", work)
@@ -141,12 +143,11 @@ def test_files_other_than_recorded_are_refused(
     manifest = client.manifest(si.key)
     assert manifest is not None
     for layer in manifest["layers"]:
-        if layer["annotations"]["org.opencontainers.image.title"] == "disk.img":
-            wrong = "sparse-sha256:" + "0" * 64
+        if layer["annotations"]["org.opencontainers.image.title"] == name:
             layer["annotations"]["dev.cros-guest-pipeline.file.digest"] = wrong
     client.put_manifest(si.key, manifest)
-    with pytest.raises(PipelineError, match="disk.img has sha256 sparse-sha256:[0-9a-f]+, "
-                       "sparse-sha256:0{64} recorded"):
+    with pytest.raises(PipelineError, match=f"{name} has sha256 \\S+, "
+                       f"{wrong} recorded"):
         _pull(_remote(registry, "unit/wrong-record", required=True), b, si, work)
     assert not b.has(si) and not list(b.path(si).parent.glob(".*"))
 
