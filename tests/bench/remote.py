@@ -53,6 +53,13 @@ def step_seconds(log: str, verb: str) -> float:
                re.finditer(rf"^\s*<== {verb} .* \((\d+(?:\.\d+)?) s\)$", log, re.M))
 
 
+def per_stage(log: str, verb: str) -> str:
+    """'base 1.2 s, rootfs 3.4 s, ...' from the step lines."""
+    return ", ".join(f"{m.group(1)} {m.group(2)} s" for m in
+                     re.finditer(rf"^\s*<== {verb} (\S+) \S+ .* \((\d+(?:\.\d+)?) s\)$",
+                                 log, re.M))
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-remote.") as tmp:
         work = Path(tmp)
@@ -73,6 +80,8 @@ def main() -> None:
           f"(+ {pushing:.1f} s pushing, {sent / 2**20:.0f} MiB in the registry): "
           f"{warm / local:.0%} of a cold build (goal: at most 15%)"
           + (f"; built on B anyway: {', '.join(built)}" if built else "; nothing built on B"))
+    print(f"  pulls: {per_stage(log_b, 'Pulling')}")
+    print(f"  pushes: {per_stage(log_a, 'Pushing')}")
 
 
 if __name__ == "__main__":

@@ -152,6 +152,25 @@ def test_files_other_than_recorded_are_refused(
     assert not b.has(si) and not list(b.path(si).parent.glob(".*"))
 
 
+@pytest.mark.parametrize("title", ["../../escaped.txt", "/etc/escaped.txt", "inputs.json",
+                                   "files.sha256", ""])
+def test_a_manifest_naming_a_file_outside_the_entry_is_refused(
+        registry: Registry, stores: tuple[Store, Store, Path], title: str) -> None:
+    a, b, work = stores
+    si = StageInputs("rootfs", 1, {"test": f"title {title}"})
+    _entry(a, si, b"titled\n")
+    remote = _remote(registry, "unit/titles")
+    remote.push(a, si, "tiny", work)
+    manifest = remote.client().manifest(si.key)
+    assert manifest is not None
+    manifest["layers"][0]["annotations"]["org.opencontainers.image.title"] = title
+    remote.client().put_manifest(si.key, manifest)
+    with pytest.raises(PipelineError, match="lists a file it may not hold"):
+        _pull(_remote(registry, "unit/titles", required=True), b, si, work)
+    assert not b.has(si) and not (b.layout.root / "escaped.txt").exists()
+    assert not list(b.layout.root.rglob("escaped.txt"))
+
+
 def test_inputs_of_another_key_are_refused(
         registry: Registry, stores: tuple[Store, Store, Path]) -> None:
     a, b, work = stores
