@@ -316,8 +316,9 @@ class Client:
                                   f"broke off ({_reason(exc)})",
                                   hint="check the network") from None
 
-    def fetch_blob(self, digest: str, size: int, out: Path) -> None:
-        """Write the blob into `out`, checking its size and sha256 as it comes."""
+    def fetch_blob(self, digest: str, size: int, out: Path, name: str = "") -> None:
+        """Write the blob into `out`, checking its size and sha256 as it comes (`name`: the
+        file it is, for the message)."""
         h = hashlib.sha256()
         n = 0
         with open(out, "wb") as f:
@@ -329,7 +330,7 @@ class Client:
                 f.write(chunk)
         got = "sha256:" + h.hexdigest()
         if n != size or got != digest:
-            raise RemoteError("corrupt", f"{self.where}: the blob {digest} of {out.name} "
+            raise RemoteError("corrupt", f"{self.where}: the blob {digest} of {name or out.name} "
                               f"arrived as {got} ({n} bytes, {size} expected)",
                               hint="the registry's copy is damaged: delete the tag there "
                               "(or let CI push it again); nothing of it entered the store")

@@ -6,8 +6,9 @@ An entry `store/<stage>/<key>/` is one OCI artifact in that repository, tagged w
                key, stage version and the image that pushed it
     config     the entry's inputs.json, as its own media type (ENTRY_TYPE): what made the key
     layers     one per file of the entry, titled with its path and annotated with the digest
-               and size its files.sha256 records; a file with holes (a raw disk image) travels
-               as a zstd stream (SPARSE_TYPE) and is unpacked with its holes
+               and size its files.sha256 records; a file over 1 MiB that is not compressed
+               already travels as a zstd stream (ZSTD_TYPE), and one with holes (a raw disk
+               image) as a zstd stream unpacked with its holes (SPARSE_TYPE)
 
 `pull` runs on a miss, before a stage builds, under the key's lock: every blob is checked
 against its digest as it arrives, into the entry's temporary directory; the config must hash
@@ -26,6 +27,7 @@ failure stops the build instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -48,10 +50,13 @@ from .oci import Client, RemoteError, ca_bundle, credentials
 ENTRY_TYPE = "application/vnd.cros-guest-pipeline.entry.v1+json"
 FILE_TYPE = "application/octet-stream"
 SPARSE_TYPE = "application/vnd.cros-guest-pipeline.sparse+zstd"
+ZSTD_TYPE = "application/vnd.cros-guest-pipeline.file+zstd"
+COMPRESS_ABOVE = 1 << 20
+COMPRESSED = (".zst", ".xz", ".gz", ".bz2", ".squashfs", ".zip", ".lz4")  # sent as they are
 A = "dev.cros-guest-pipeline."  # annotation prefix
 TITLE = "org.opencontainers.image.title"
 FETCHERS = 3  # blobs of one entry downloaded at once
-SPARSE_LEVEL = 3  # zstd level of a sparse file on the way (the default image's disk.img)
+LEVEL = 3  # zstd level of a file on the way (tarballs, the default image's disk.img)
 # failures after which the remote is left alone for the rest of the run (both ways)
 WHOLE_REMOTE = ("unreachable", "tls", "auth", "forbidden", "rate-limit")
 
@@ -171,12 +176,15 @@ def _push_entry(client: Client, entry: Path, si: StageInputs, image: str, work: 
         for rel, (digest, size) in sorted(files.items()):
             path = entry / rel
             annotations = {TITLE: rel, f"{A}file.digest": digest, f"{A}file.size": str(size)}
+            blob = Path(scratch) / "blob.zst"
             if digest.startswith(SPARSE):
                 from ..baguette.compress import compress
 
-                blob = Path(scratch) / "sparse.zst"
-                compress(path, blob, level=SPARSE_LEVEL)
+                compress(path, blob, level=LEVEL)
                 blob_digest, media = "sha256:" + sha256_file(blob), SPARSE_TYPE
+            elif size > COMPRESS_ABOVE and not rel.endswith(COMPRESSED):
+                _compress(path, blob)
+                blob_digest, media = "sha256:" + sha256_file(blob), ZSTD_TYPE
             else:
                 blob, blob_digest, media = path, f"sha256:{digest}", FILE_TYPE
             blob_size = blob.stat().st_size
@@ -221,7 +229,7 @@ def _layer_files(client: Client, si: StageInputs, manifest: dict[str, Any]
         p = PurePosixPath(rel)
         if (not rel or p.is_absolute() or ".." in p.parts or rel in (FILES_FILE, INPUTS_FILE)
                 or not str(size).isdigit() or not digest
-                or layer.get("mediaType") not in (FILE_TYPE, SPARSE_TYPE)):
+                or layer.get("mediaType") not in (FILE_TYPE, SPARSE_TYPE, ZSTD_TYPE)):
             raise _corrupt(client, si, f"lists a file it may not hold ({rel!r})")
         out.append((rel, layer, digest, int(str(size))))
     if len({rel for rel, *_ in out}) != len(out):
@@ -242,17 +250,21 @@ def _fetch_entry(client: Client, store: Store, si: StageInputs, manifest: dict[s
     if payload["stage"] != si.stage or made != si.key:
         raise _corrupt(client, si, f"holds the inputs of another key ({made})")
     expect = {rel: (digest, size) for rel, _layer, digest, size in files}
-    # a plain file's blob digest is its sha256, checked as it arrived: not hashed again
+    # a plain file's blob digest is its sha256, checked as it arrived, and a zstd one's
+    # output is hashed as it is written: neither is read again
     known = {rel: layer["digest"].removeprefix("sha256:") for rel, layer, _d, _s in files
              if layer["mediaType"] == FILE_TYPE}
 
     def fetch(tmp: Path, rel: str, layer: dict[str, Any]) -> None:
         dest = tmp / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if layer["mediaType"] == SPARSE_TYPE:
-            _fetch_sparse(client, layer, dest, work)
-        else:
+        if layer["mediaType"] == FILE_TYPE:
             client.fetch_blob(layer["digest"], int(layer["size"]), dest)
+        else:
+            digest = _fetch_zstd(client, layer, dest, work,
+                                 sparse=layer["mediaType"] == SPARSE_TYPE)
+            if digest:
+                known[rel] = digest
 
     try:
         with store.new_entry(si, expect=expect, known=known) as tmp, \
@@ -267,16 +279,37 @@ def _fetch_entry(client: Client, store: Store, si: StageInputs, manifest: dict[s
     info(f"{len(files)} files, {total / 2**20:.1f} MiB received, every digest checked")
 
 
-def _fetch_sparse(client: Client, layer: dict[str, Any], dest: Path, work: Path) -> None:
+def _compress(path: Path, out: Path) -> None:
+    import zstandard
+
+    with open(path, "rb") as src, open(out, "wb") as dst:
+        zstandard.ZstdCompressor(level=LEVEL, threads=-1).copy_stream(src, dst)
+
+
+def _fetch_zstd(client: Client, layer: dict[str, Any], dest: Path, work: Path,
+                sparse: bool) -> str:
+    """Fetch a zstd blob (checked against its digest) and unpack it into `dest`: with its
+    holes when `sparse` (returns ''), else densely, returning the sha256 of what it wrote."""
+    import zstandard
+
     from ..baguette.compress import decompress_sparse
 
     scratch = Path(tempfile.mkdtemp(prefix="pull.", dir=work))
     try:
-        blob = scratch / "sparse.zst"
-        client.fetch_blob(layer["digest"], int(layer["size"]), blob)
+        blob = scratch / "blob.zst"
+        client.fetch_blob(layer["digest"], int(layer["size"]), blob, name=dest.name)
         try:
-            decompress_sparse(blob, dest)
-        except Exception as exc:  # zstandard.ZstdError: checked bytes that are no zstd
+            if sparse:
+                decompress_sparse(blob, dest)
+                return ""
+            h = hashlib.sha256()
+            with open(blob, "rb") as src, open(dest, "wb") as dst:
+                reader = zstandard.ZstdDecompressor().stream_reader(src, read_size=1 << 20)
+                while chunk := reader.read(1 << 20):
+                    h.update(chunk)
+                    dst.write(chunk)
+            return h.hexdigest()
+        except zstandard.ZstdError as exc:  # checked bytes that are no zstd stream
             raise RemoteError("corrupt", f"{client.where}: {dest.name} is not a zstd stream "
                               f"({exc})", hint="delete that tag in the registry") from None
     finally:

@@ -23,7 +23,7 @@ from pipeline.store import oci
 from pipeline.store.entries import Store, problems
 from pipeline.store.keys import StageInputs
 from pipeline.store.layout import FILES_FILE, Layout
-from pipeline.store.remote import Remote
+from pipeline.store.remote import FILE_TYPE, SPARSE_TYPE, ZSTD_TYPE, Remote
 from tests.support.https import self_signed
 from tests.support.registry import USER, Registry, docker_config, free_port
 
@@ -36,9 +36,11 @@ def _remote(registry: Registry, repo: str, password: str | None = None,
 
 
 def _entry(store: Store, si: StageInputs, payload: bytes) -> Path:
-    """An entry with a small file, one in a subdirectory and a sparse 64 MiB one."""
+    """An entry with a small file, one in a subdirectory, a 2 MiB tarball (sent as zstd)
+    and a sparse 64 MiB image."""
     with store.new_entry(si) as tmp:
         (tmp / "small.txt").write_bytes(payload)
+        (tmp / "big.tar").write_bytes(payload * ((2 << 20) // len(payload) + 1))
         (tmp / "sub").mkdir()
         (tmp / "sub" / "data.bin").write_bytes(os.urandom(200_000))
         with open(tmp / "disk.img", "wb") as f:
@@ -97,22 +99,27 @@ def test_the_manifest_is_annotated_and_tagged_with_the_key(
               x["annotations"]["dev.cros-guest-pipeline.file.digest"] for x in manifest["layers"]}
     assert titles == {line.split("  ")[2]: line.split("  ")[0] for line in recorded}
     assert titles["disk.img"].startswith("sparse-sha256:")
+    media = {x["annotations"]["org.opencontainers.image.title"]: x["mediaType"]
+             for x in manifest["layers"]}
+    assert media == {"small.txt": FILE_TYPE, "sub/data.bin": FILE_TYPE, "big.tar": ZSTD_TYPE,
+                     "disk.img": SPARSE_TYPE}
     config_blob = registry.blob_file(manifest["config"]["digest"]).read_bytes()
     assert json.loads(config_blob)["inputs"] == si.inputs
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
+@pytest.mark.parametrize(("damage", "name"), [("flip", "small.txt"), ("truncate", "small.txt"),
+                                            ("flip", "big.tar"), ("flip", "disk.img")])
 def test_a_damaged_blob_never_becomes_an_entry(
-        registry: Registry, stores: tuple[Store, Store, Path], damage: str,
+        registry: Registry, stores: tuple[Store, Store, Path], damage: str, name: str,
         capsys: pytest.CaptureFixture[str]) -> None:
     a, b, work = stores
-    si = StageInputs("rootfs", 1, {"test": f"damaged {damage}"})
+    si = StageInputs("rootfs", 1, {"test": f"damaged {damage} {name}"})
     payload = os.urandom(4000)  # its own blob: nothing else in the registry shares it
     _entry(a, si, payload)
     _remote(registry, f"unit/damaged-{damage}").push(a, si, "tiny", work)
     manifest = json.loads(registry.manifest_file(f"unit/damaged-{damage}", si.key).read_text())
     (layer,) = [x for x in manifest["layers"]
-                if x["annotations"]["org.opencontainers.image.title"] == "small.txt"]
+                if x["annotations"]["org.opencontainers.image.title"] == name]
     blob = registry.blob_file(layer["digest"])
     data = blob.read_bytes()
     blob.write_bytes(data[:-1] + bytes([data[-1] ^ 1]) if damage == "flip" else data[:1000])
@@ -120,7 +127,7 @@ def test_a_damaged_blob_never_becomes_an_entry(
     assert not _pull(_remote(registry, f"unit/damaged-{damage}"), b, si, work)
     err = capsys.readouterr().err
     (warning,) = [line for line in err.splitlines() if "warning:" in line]
-    assert layer["digest"] in warning and "small.txt" in warning
+    assert layer["digest"] in warning and name in warning
     assert "the build goes on locally" in warning
     assert not b.has(si) and not list(b.path(si).parent.glob(".*"))
     with pytest.raises(PipelineError, match=layer["digest"]):
