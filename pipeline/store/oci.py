@@ -34,6 +34,8 @@ MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 TIMEOUT = (10, 120)  # seconds: to connect, then between two reads
 CHUNKED_ABOVE = 64 << 20  # larger blobs go up in chunks (oras reads a one-PUT blob whole)
 CHUNK = 16 << 20
+DAMAGED_HINT = ("the registry's copy is damaged (nothing of it entered the store): delete the "
+                "tag and run the registry's garbage collection, and the next push sends it again")
 
 
 class RemoteError(PipelineError):
@@ -332,8 +334,7 @@ class Client:
         if n != size or got != digest:
             raise RemoteError("corrupt", f"{self.where}: the blob {digest} of {name or out.name} "
                               f"arrived as {got} ({n} bytes, {size} expected)",
-                              hint="the registry's copy is damaged: delete the tag there "
-                              "(or let CI push it again); nothing of it entered the store")
+                              hint=DAMAGED_HINT)
 
     def blob_bytes(self, digest: str, size: int, limit: int = 1 << 20) -> bytes:
         if size > limit:
@@ -342,8 +343,7 @@ class Client:
         data = b"".join(self.blob_chunks(digest))
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest or len(data) != size:
             raise RemoteError("corrupt", f"{self.where}: the blob {digest} is not what its "
-                              "digest says", hint="the registry's copy is damaged: delete "
-                              "the tag there; nothing of it entered the store")
+                              "digest says", hint=DAMAGED_HINT)
         return data
 
 

@@ -45,7 +45,7 @@ from .entries import Store, recorded
 from .hashing import SPARSE, sha256_file
 from .keys import StageInputs, stage_key
 from .layout import FILES_FILE, INPUTS_FILE
-from .oci import Client, RemoteError, ca_bundle, credentials
+from .oci import DAMAGED_HINT, Client, RemoteError, ca_bundle, credentials
 
 ENTRY_TYPE = "application/vnd.cros-guest-pipeline.entry.v1+json"
 FILE_TYPE = "application/octet-stream"
@@ -209,8 +209,7 @@ def _push_entry(client: Client, entry: Path, si: StageInputs, image: str, work: 
 
 def _corrupt(client: Client, si: StageInputs, what: str) -> RemoteError:
     return RemoteError("corrupt", f"{client.where}: the {si.stage} entry {si.key} {what}",
-                       hint="delete that tag in the registry (a later push replaces it); "
-                       "nothing of it entered the store")
+                       hint=DAMAGED_HINT)
 
 
 def _layer_files(client: Client, si: StageInputs, manifest: dict[str, Any]
@@ -311,6 +310,6 @@ def _fetch_zstd(client: Client, layer: dict[str, Any], dest: Path, work: Path,
             return h.hexdigest()
         except zstandard.ZstdError as exc:  # checked bytes that are no zstd stream
             raise RemoteError("corrupt", f"{client.where}: {dest.name} is not a zstd stream "
-                              f"({exc})", hint="delete that tag in the registry") from None
+                              f"({exc})", hint=DAMAGED_HINT) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
