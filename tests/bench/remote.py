@@ -12,6 +12,7 @@ tests.bench.remote` runs it alone, and `doit bench` with the others.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import re
 import subprocess
@@ -72,6 +73,9 @@ def main() -> None:
             pulling = step_seconds(log_b, "Pulling")
             built = [t for t in ("Base rootfs from", "Customizing", "Packing", "Compressing",
                                  "Building the VM helper") if f"==> {t}" in log_b]
+            image = Path("bookworm") / "baguette_rootfs.img.zst"
+            same = filecmp.cmp(work / "a" / "artifacts" / image, work / "b" / "artifacts" / image,
+                               shallow=False)
             sent = sum(f.stat().st_size for f in (work / "registry" / "storage").rglob("*")
                        if f.is_file())
     local = cold - pushing
@@ -79,7 +83,8 @@ def main() -> None:
           f"{warm:.1f} s (pulling {pulling:.1f} s) against a cold build of {local:.1f} s "
           f"(+ {pushing:.1f} s pushing, {sent / 2**20:.0f} MiB in the registry): "
           f"{warm / local:.0%} of a cold build (goal: at most 15%)"
-          + (f"; built on B anyway: {', '.join(built)}" if built else "; nothing built on B"))
+          + (f"; built on B anyway: {', '.join(built)}" if built else "; nothing built on B")
+          + ("; B's image is A's byte for byte" if same else "; B's image DIFFERS from A's"))
     print(f"  pulls: {per_stage(log_b, 'Pulling')}")
     print(f"  pushes: {per_stage(log_a, 'Pushing')}")
 
