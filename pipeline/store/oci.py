@@ -153,7 +153,7 @@ class Client:
 
     def request(self, method: str, url: str, data: Any = None,
                 headers: dict[str, str] | None = None, json: Any = None,
-                stream: bool = False, ok: tuple[int, ...] = ()) -> requests.Response:
+                stream: bool = False) -> requests.Response:
         """One request, authenticated after a 401 challenge; connection failures raise."""
         headers = dict(headers or {})
         scope = "push" if method in ("POST", "PUT", "PATCH", "DELETE") else "pull"
