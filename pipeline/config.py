@@ -163,9 +163,25 @@ PUBLISH_SETTINGS = (
             "line; default: a placeholder."),
 )
 
+CACHE_SETTINGS = (
+    Setting("remote", "str", "",
+            "An OCI registry repository sharing the store, as `oci://HOST[:PORT]/REPO` "
+            "(e.g. `oci://ghcr.io/me/guest-cache`); '' for none. Credentials come from the "
+            "Docker config or the environment, never from here (docs/remote-cache.md)."),
+    Setting("pull", "bool", True,
+            "Before building a stage that is not in the store, fetch its entry from the remote."),
+    Setting("push", "bool", False,
+            "After building a stage, upload its entry to the remote (CI pushes; a laptop may "
+            "only pull)."),
+    Setting("required", "bool", False,
+            "A remote that cannot be reached or refuses a pull or push fails the build; "
+            "otherwise the build says why and goes on locally."),
+)
+
 SECTIONS: dict[str, tuple[Setting, ...]] = {
     "build": BUILD_SETTINGS,
     "publish": PUBLISH_SETTINGS,
+    "cache": CACHE_SETTINGS,
     "images.<name>": IMAGE_SETTINGS,
     "images.<name>.debian": DEBIAN_SETTINGS,
     "images.<name>.tarball": TARBALL_SETTINGS,
@@ -258,11 +274,23 @@ class PublishOptions:
 
 
 @dataclass(frozen=True)
+class CacheOptions:
+    remote: str  # oci://host[:port]/repo, or "" for none
+    pull: bool
+    push: bool
+    required: bool
+
+
+NO_CACHE = CacheOptions("", True, False, False)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     build: BuildOptions
     images: dict[str, Image]
     publish: PublishOptions
+    cache: CacheOptions = NO_CACHE
 
     def image(self, name: str) -> Image:
         try:
@@ -533,11 +561,12 @@ def parse(text: str, path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}",
                           hint="check quoting and brackets near that line") from None
+    tables = ["build", "images", "publish", "cache"]
     for key in data:
-        if key not in ("build", "images", "publish"):
+        if key not in tables:
             raise ConfigError(f"{key}: unknown top-level table",
-                              hint=f"{_close_match(key, ['build', 'images', 'publish'])}"
-                              "images.toml holds [build], [publish] and [images.<name>] tables")
+                              hint=f"{_close_match(key, tables)}images.toml holds [build], "
+                              "[publish], [cache] and [images.<name>] tables")
     b = _section("build", data.get("build", {}), BUILD_SETTINGS, base)
     images_table = data.get("images", {})
     if not isinstance(images_table, dict) or not images_table:
@@ -562,7 +591,39 @@ def parse(text: str, path: Path) -> Config:
     )
     publish = _publish(data.get("publish", {}), base, build, list(images))
     _check_locations(build.artifacts, publish.dir, images)
-    return Config(path=path, build=build, images=images, publish=publish)
+    return Config(path=path, build=build, images=images, publish=publish,
+                  cache=_cache(data.get("cache", {}), base))
+
+
+# oci://host[:port]/repo: a registry host (a name or an IPv4 address, optional port) and an
+# OCI repository name (lowercase path components, distribution-spec's grammar)
+_REMOTE_RE = re.compile(
+    r"oci://(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?)"
+    r"/(?P<repo>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)")
+
+
+def _cache(table: Any, base: Path) -> CacheOptions:
+    c = _section("cache", table, CACHE_SETTINGS, base)
+    remote = c["remote"]
+    if "@" in remote:
+        raise ConfigError("cache.remote: holds credentials (user@ or user:password@)",
+                          hint="remove them: log in with `docker login HOST` or set "
+                          "PIPELINE_REGISTRY_USER and PIPELINE_REGISTRY_PASSWORD")
+    if remote and _REMOTE_RE.fullmatch(remote) is None:
+        raise ConfigError(f"cache.remote: {remote!r} is not oci://HOST[:PORT]/REPO",
+                          hint="e.g. oci://ghcr.io/me/guest-cache (the repository in lowercase; "
+                          "no credentials, no tag: each entry's tag is its key)")
+    if c["required"] and not remote:
+        raise ConfigError("cache.required: true without a cache.remote",
+                          hint="set cache.remote = \"oci://HOST/REPO\", or remove required")
+    return CacheOptions(remote, c["pull"], c["push"], c["required"])
+
+
+def remote_parts(remote: str) -> tuple[str, str]:
+    """(host[:port], repository) of a validated cache.remote."""
+    m = _REMOTE_RE.fullmatch(remote)
+    assert m is not None, remote
+    return m.group("host"), m.group("repo")
 
 
 def _check_locations(artifacts: Path, publish_dir: Path, images: dict[str, Image]) -> None:

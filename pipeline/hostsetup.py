@@ -44,8 +44,10 @@ BACKPORT_SUITE = "trixie"
 # the secret scan's NixOS-shaped tree is made of real packages that ship test keys, examples
 # and ELF files with key material: Python's test suite, xmlsec's examples, gnutls' tools
 # the fault-injection test kills publish, gc and fsck at chosen system calls (strace)
+# the remote-cache tests run a real OCI registry (docker-registry) with htpasswd's bcrypt
+# users (apache2-utils) over TLS from a CA the tests make (openssl)
 TEST_PACKAGES = ["lxd", "lxd-client", "openssl", "libpython3.11-testsuite", "libxmlsec1-dev",
-                 "gnutls-bin", "strace"]
+                 "gnutls-bin", "strace", "docker-registry", "apache2-utils"]
 
 BTRFS_PROGS_WANTED = (6, 12)  # pipeline.baguette.pack.SUBVOL_MKFS
 BACKPORTS = {"bookworm": "bookworm-backports"}  # suites that have a new enough btrfs-progs

@@ -58,6 +58,7 @@ from .store.layout import (
     recorded_since,
     write_record,
 )
+from .store.remote import Remote, remote_for
 from .vmhelper import appliance as appliance_mod
 from .vmhelper.accel import choose, verdict_dir
 from .vmhelper.qemu import Guest, memory_mib
@@ -70,7 +71,8 @@ class Run:
     """One invocation's state: the config, SOURCE_DATE_EPOCH, the artifacts layout, the
     store, the hash memo; stage keys are computed once per run (inputs do not change while
     it runs), and the appliance is built at most once. `held` holds the run's own work
-    directory (and its lock) until the run is garbage or the process ends."""
+    directory (and its lock) until the run is garbage or the process ends. `remote` is the
+    shared store ([cache] remote), if one is configured."""
 
     config: Config
     source_date_epoch: int | None
@@ -81,13 +83,15 @@ class Run:
     appliance: appliance_mod.Appliance | None = None
     work: Path | None = None
     held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    remote: Remote | None = None
 
 
 def open_run(config: Config, source_date_epoch: int | None) -> Run:
     """A run on the config's artifacts directory, which must be the pipeline's (claim)."""
     layout = Layout(config.build.artifacts)
     claim(layout)
-    run = Run(config, source_date_epoch, layout, Store(layout), FileHashMemo(layout.hash_memo))
+    run = Run(config, source_date_epoch, layout, Store(layout), FileHashMemo(layout.hash_memo),
+              remote=remote_for(config.cache))
     weakref.finalize(run, run.held.close)
     return run
 
@@ -115,8 +119,19 @@ def appliance_inputs(run: Run) -> StageInputs:
 
 
 def appliance(run: Run) -> appliance_mod.Appliance:
+    """The VM helper's appliance: from the store, else the remote store, else built (and
+    then pushed, like a stage's entry)."""
     if run.appliance is None:
+        si = appliance_inputs(run)
+        built = False
+        if run.remote is not None and not run.store.has(si):
+            with run.store.lock(si):
+                if not run.store.has(si):
+                    run.store.remove_stale(si)
+                    built = not run.remote.pull(run.store, si, work_dir(run))
         run.appliance = appliance_mod.ensure(run.store, run.config.build.kernel, run.memo)
+        if built and run.remote is not None:
+            run.remote.push(run.store, si, "", work_dir(run))
     return run.appliance
 
 
@@ -346,8 +361,8 @@ def build(run: Run, stage: Stage, image: Image) -> Path:
     path = run.store.path(si)
     if run.store.has(si) and run.store.intact(si):
         info(f"{si.stage}: in the store ({si.key})")
-    else:
-        _build_entry(run, stage, image, si)
+    elif _build_entry(run, stage, image, si) and run.remote is not None:
+        run.remote.push(run.store, si, image.name, work_dir(run))
     write_record(run.layout, image.name, si)
     for name, dest in stage.stable(path) if stage.stable else []:
         link_output(path / name, run.layout.outputs(image.name) / dest)
@@ -355,15 +370,19 @@ def build(run: Run, stage: Stage, image: Image) -> Path:
     return path
 
 
-def _build_entry(run: Run, stage: Stage, image: Image, si: StageInputs) -> None:
+def _build_entry(run: Run, stage: Stage, image: Image, si: StageInputs) -> bool:
+    """Make the entry under its key's lock: True when this process built it (not when
+    another process did meanwhile, nor when it came from the remote store)."""
     with run.store.lock(si):
         path = run.store.path(si)
         if run.store.has(si):  # another process built it while we waited, or it is damaged
             found = problems(path, full=False)
             if not found:
-                return
+                return False
             run.store.set_aside(path, found)
         run.store.remove_stale(si)  # what a killed build of this key left
+        if run.remote is not None and run.remote.pull(run.store, si, work_dir(run)):
+            return False
         why = explain_miss(read_record(run.layout, image.name, si.stage), si)
         title = stage.title.format(source=image.source.value)
         with contextlib.ExitStack() as reading:
@@ -371,6 +390,7 @@ def _build_entry(run: Run, stage: Stage, image: Image, si: StageInputs) -> None:
                 if upstream != "appliance":
                     reading.enter_context(run.store.using(key(run, STAGE[upstream], image)))
             _make_entry(run, stage, image, si, f"{title} [{image.name}] ({why})")
+        return True
 
 
 def _make_entry(run: Run, stage: Stage, image: Image, si: StageInputs, title: str) -> None:

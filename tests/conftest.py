@@ -15,6 +15,7 @@ from pipeline.store.entries import Store
 from pipeline.store.hashing import FileHashMemo
 from pipeline.store.layout import Layout
 from pipeline.vmhelper import appliance as appliance_mod
+from tests.support.registry import Registry, running_registry
 from tests.support.rootfs import write_rich_rootfs
 from tests.support.tools import require_vm
 
@@ -40,3 +41,11 @@ def appliance(store_root: Path) -> appliance_mod.Appliance:
 def rich_rootfs(tmp_path: Path) -> Path:
     return write_rich_rootfs(tmp_path / "rootfs.tar")
 
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """Debian's docker-registry on 127.0.0.1, TLS from a test CA, htpasswd auth; one per
+    session (each test uses its own repository in it)."""
+    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg

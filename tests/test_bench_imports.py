@@ -13,6 +13,7 @@ CHECK = """
 import sys
 sys.modules["pytest"] = None  # `import pytest` raises ImportError, as in the runtime venv
 import tests.bench.__main__, tests.bench.incremental, tests.bench.guestboot
+import tests.bench.remote
 """
 
 

@@ -100,12 +100,26 @@ class Store:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def new_entry(self, si: StageInputs) -> Iterator[Path]:
+    def new_entry(self, si: StageInputs, expect: dict[str, tuple[str, int]] | None = None,
+                  known: dict[str, str] | None = None) -> Iterator[Path]:
         """A temporary directory to build into; committed under its key on success, with
-        its files' sizes and hashes, then its inputs (last: they mark it complete)."""
+        its files' sizes and hashes, then its inputs (last: they mark it complete).
+
+        With `expect` ({path: (digest, size)}, what another store recorded for this key: a
+        remote's entry), the files must be exactly those: any other digest, size, a missing
+        or an extra file raises, naming it, and nothing enters the store. `known` gives the
+        digests of files the caller hashed as it wrote them (not read again)."""
         with atomic_dir(self.path(si)) as tmp:
             yield tmp
-            (tmp / FILES_FILE).write_text(file_list(tmp))
+            listed = file_list(tmp, known)
+            if expect is not None:
+                found = differences(expect, parse_file_list(listed))
+                if found:
+                    raise PipelineError(
+                        f"{si.stage} entry {si.key} does not match its recorded digests: "
+                        f"{'; '.join(found[:3])}",
+                        hint="nothing of it entered the store; the stage is built here")
+            (tmp / FILES_FILE).write_text(listed)
             payload = {"stage": si.stage, "version": si.version, "inputs": si.inputs}
             (tmp / INPUTS_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True))
 
@@ -172,9 +186,10 @@ class Store:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def file_list(entry: Path) -> str:
+def file_list(entry: Path, known: dict[str, str] | None = None) -> str:
     """`files.sha256` of a directory: "sha256  size  path" per file, sorted (a file with
-    holes gets hashing.sparse_sha256, which does not read them)."""
+    holes gets hashing.sparse_sha256, which does not read them); a file in `known` has the
+    digest given there."""
     lines = []
     for dirpath, dirnames, filenames in os.walk(entry):
         dirnames.sort()
@@ -183,23 +198,45 @@ def file_list(entry: Path) -> str:
             rel = p.relative_to(entry).as_posix()
             if rel in (FILES_FILE, INPUTS_FILE) or p.is_symlink():
                 continue
-            lines.append(f"{file_digest(p)}  {p.stat().st_size}  {rel}\n")
+            digest = (known or {}).get(rel) or file_digest(p)
+            lines.append(f"{digest}  {p.stat().st_size}  {rel}\n")
     return "".join(lines)
 
 
-def recorded(entry: Path) -> dict[str, tuple[str, int]]:
-    """{path: (sha256, size)} as the entry's files.sha256 gives them ({} when it has none)."""
+def parse_file_list(listed: str) -> dict[str, tuple[str, int]]:
+    """{path: (digest, size)} of a files.sha256 text (malformed lines are left out)."""
     out: dict[str, tuple[str, int]] = {}
-    try:
-        listed = (entry / FILES_FILE).read_text()
-    except OSError:
-        return out
     for line in listed.splitlines():
         digest, _, rest = line.partition("  ")
         size, _, rel = rest.partition("  ")
         if size.isdigit() and rel:
             out[rel] = (digest, int(size))
     return out
+
+
+def recorded(entry: Path) -> dict[str, tuple[str, int]]:
+    """{path: (sha256, size)} as the entry's files.sha256 gives them ({} when it has none)."""
+    try:
+        return parse_file_list((entry / FILES_FILE).read_text())
+    except OSError:
+        return {}
+
+
+def differences(expected: dict[str, tuple[str, int]],
+                actual: dict[str, tuple[str, int]]) -> list[str]:
+    """How two {path: (digest, size)} lists differ, one phrase per file (empty: equal)."""
+    found = []
+    for rel in sorted(expected.keys() | actual.keys()):
+        want, got = expected.get(rel), actual.get(rel)
+        if got is None:
+            found.append(f"{rel} is missing")
+        elif want is None:
+            found.append(f"{rel} is not recorded")
+        elif got[1] != want[1]:
+            found.append(f"{rel} has {got[1]} bytes, {want[1]} recorded")
+        elif got[0] != want[0]:
+            found.append(f"{rel} has sha256 {got[0]}, {want[0]} recorded")
+    return found
 
 
 def problems(entry: Path, full: bool = True) -> list[str]:

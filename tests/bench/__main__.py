@@ -16,8 +16,9 @@ route alike:
 Run as root, USER is the normal user tests/support/users.py finds (PIPELINE_TEST_USER, or the
 first one with subordinate ids); run as a normal user, only that user's routes run. Then the
 peak RSS of the pipeline's own process while packing and compressing a 2 GiB image, and the
-incremental figures (tests/bench/incremental.py) and the secret scan against the one it
-replaced (tests/bench/secrets.py). This is a measurement, not a test: nothing
+incremental figures (tests/bench/incremental.py), the secret scan against the one it
+replaced (tests/bench/secrets.py) and a cold build with a warm remote store against a cold
+build (tests/bench/remote.py). This is a measurement, not a test: nothing
 here fails on a slow machine, and nothing imports pytest (the runtime venv has none).
 """
 
@@ -243,4 +244,8 @@ if __name__ == "__main__":
     from tests.bench import secrets
 
     secrets.main([])
+    print()
+    from tests.bench import remote
+
+    remote.main()
     sys.exit(code)

@@ -10,8 +10,10 @@ from pathlib import Path
 from tests.support.paths import ROOT
 
 
-def doit(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, IMAGES_TOML=str(project / "images.toml"))
+def doit(project: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
+         config: str = "images.toml") -> subprocess.CompletedProcess[str]:
+    """`doit ARGS` on project/<config>, with `env` added to the environment."""
+    env = dict(os.environ, **(env or {}), IMAGES_TOML=str(project / config))
     env.pop("SOURCE_DATE_EPOCH", None)
     command, rest = (args[0], args[1:]) if args[0] in ("list", "info", "forget") else ("run", args)
     proc = subprocess.run(
