@@ -331,6 +331,19 @@ def _check_doit_state() -> None:
                 f"{state.name}: doit starts a new one and the store keeps every build")
 
 
+def doit_config(state_dir: Path) -> dict[str, Any]:
+    """DOIT_CONFIG: doit's state in `state_dir` (the directory of images.toml)."""
+    return {
+        "default_tasks": ["build:baguette"],
+        "verbosity": 2,
+        # sqlite commits atomically: a build killed while doit saves its state (or a power
+        # cut) cannot leave a half-written file that stops every later run, as json can
+        "dep_file": str(state_dir / ".doit.db.sqlite"),
+        "backend": "sqlite3",
+        "par_type": "thread",  # `doit -n 2`: stages are I/O- and QEMU-bound, threads suffice
+    }
+
+
 def exit_on_config_error(fn: Callable[[], T]) -> T:
     """Load the config for dodo.py; a config error ends doit with the message, not a trace."""
     try:

@@ -10,6 +10,7 @@ steps are indented. Messages go to stderr so stdout stays free for results.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -58,3 +59,15 @@ def progress(total: int, desc: str, unit: str = "B"):  # type: ignore[no-untyped
         disable=not sys.stderr.isatty(),
         leave=False,
     )
+
+
+def enable_debug() -> None:
+    """Show the pipeline's debug log on stderr: every command it runs (core.run), and more."""
+    logger = logging.getLogger("pipeline")
+    if any(getattr(h, "pipeline_debug", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("    debug: %(message)s"))
+    handler.pipeline_debug = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)

@@ -1,0 +1,353 @@
+"""The doit layer: wires the stage table of stages.py into tasks. No stage logic lives here.
+
+Tasks (see `doit list`):
+    build:baguette        every default image's baguette_rootfs.img.zst
+    build:lxc             every default image's Crostini container (metadata + rootfs)
+    verify:baguette       boot every default image with ChromeOS's disk layout
+    <stage>:<image>       one stage of one image: base, rootfs, pack, baguette, lxc
+    kind:<stage>-<image>  a NixOS image's configuration is for the guest the stage makes
+    verify:<image>        check one image's store entries (fsck), then boot it
+    fsck                  check every store entry against its recorded hashes
+    gc                    free store entries the config does not need
+    publish               lay out what is built as a static image server (publish/)
+    publish --verify      re-read a published tree and check every hash and the index
+    appliance             the VM helper's kernel + initramfs
+    check:nix             the nix/ flake parses and passes `nix flake check`
+    bench                 the benchmarks in tests/bench/
+
+Up-to-date checks are store lookups (doit's `uptodate` hook), never doit's md5 of multi-GB
+files: a no-op run hashes no artifact. A stage error is reported as doit's TaskFailed with
+the pipeline's message and hint, without a Python traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from doit.exceptions import TaskFailed
+from doit.globals import Globals
+
+from . import stages
+from .config import Config, Image
+from .core.errors import PipelineError
+from .core.paths import NIX_DIR
+from .publish import tree as published_tree
+from .sources import nixcheck
+from .stages import IMAGE_NAME, OUTPUTS, STAGES, Run, Stage
+from .store import fsck, gc
+from .store.layout import explain_miss, read_record
+
+T = TypeVar("T")
+
+
+def _action(fn: Callable[[], object]) -> Callable[[], TaskFailed | None]:
+    def run() -> TaskFailed | None:
+        try:
+            fn()
+        except PipelineError as exc:
+            return TaskFailed(f"error: {exc}")
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if exc.filename is None:
+                    raise
+                return TaskFailed(f"error: {exc.strerror}: {exc.filename}"
+                                  "\n  hint: check that path's permissions and its disk")
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return TaskFailed(f"error: the disk is full{where}; nothing half-written was kept"
+                              "\n  hint: free space under artifacts/ (`doit gc`), or point "
+                              "build.artifacts at a larger disk")
+        except KeyboardInterrupt:
+            return TaskFailed("interrupted; nothing half-written was kept")
+        return None
+
+    return run
+
+
+@dataclass
+class InStore:
+    """doit's `uptodate` hook for a stage: is its output in the store (and do the image's
+    stable names point at it)? `doit info TASK` prints str(self), which says why the task
+    would run, as the build's own log line does."""
+
+    run: Run
+    stage: Stage
+    image: Image
+
+    def __call__(self) -> bool:
+        try:
+            return stages.is_current(self.run, self.stage, self.image)
+        except PipelineError:
+            return False
+        finally:
+            self.run.memo.save()  # hashes found while checking serve the next run (if new)
+
+    def __str__(self) -> str:
+        try:
+            si = stages.key(self.run, self.stage, self.image)
+            if self.run.store.has(si) and not self.run.store.intact(si):
+                return f"{si.stage} of {self.image.name}: in the store but damaged (rebuilt)"
+            if self.run.store.has(si):
+                return f"{si.stage} of {self.image.name}: in the store, not yet published"
+            why = explain_miss(read_record(self.run.layout, self.image.name, si.stage), si)
+            return f"{si.stage} of {self.image.name}: not in the store ({why})"
+        except PipelineError as exc:
+            return f"{self.image.name}: {exc.message}"
+
+
+def load_instructions(image: Image, path: Path) -> str:
+    return (f"Load it on a Chromebook: copy {path.name} to the Downloads folder, then in "
+            f"crosh (Ctrl+Alt+T):\n  vmc create --vm-type BAGUETTE --size 15G "
+            f"--source /home/chronos/user/MyFiles/Downloads/{path.name} {image.name}\n"
+            f"  vmc start --vm-type BAGUETTE {image.name}")
+
+
+def lxc_instructions(image: Image, files: list[Path], fp: str) -> str:
+    names = " ".join(f.name for f in files)
+    return (f"Load it in Crostini: copy {names} into the Linux files, then in the termina VM "
+            f"(crosh: vsh termina):\n  lxc image import {names} --alias {image.name}\n"
+            f"  lxc launch {image.name} {image.name}-1\n"
+            f"LXD fingerprint: {fp}")
+
+
+def _announce(run: Run, stage: Stage, image: Image, entry: Path) -> None:
+    """What a user does with an output stage's files."""
+    out = run.layout.outputs(image.name)
+    if stage is stages.BAGUETTE:
+        print(f"\n{image.name}: {out / IMAGE_NAME}\n"
+              f"{load_instructions(image, out / IMAGE_NAME)}\n")
+    elif stage is stages.LXC:
+        files = [out / "lxc" / f for f in stages.lxc_files(entry)]
+        fp = (entry / "fingerprint").read_text().strip()
+        print(f"\n{image.name}: {', '.join(map(str, files))}\n"
+              f"{lxc_instructions(image, files, fp)}\n")
+
+
+# the stages whose guest kind a NixOS configuration must match (checked before its base is
+# built: doit runs a task's task_dep in order, and the guard comes first)
+KIND_CHECKED = (stages.PACK, stages.LXC)
+
+
+def _kind_guard(stage: Stage, image: Image) -> list[str]:
+    return [f"kind:{stage.name}-{image.name}"] if image.nix and stage in KIND_CHECKED else []
+
+
+def _stage_task(run: Run, stage: Stage, image: Image) -> dict[str, Any]:
+    def make() -> None:
+        entry = stages.build(run, stage, image)
+        if stage in OUTPUTS:
+            _announce(run, stage, image, entry)
+
+    n = image.name
+    doc = stage.doc.format(image=n, source=image.source.value).replace(
+        "<artifacts>", str(run.layout.root))
+    return {
+        "name": n, "doc": doc,
+        "actions": [_action(make)],
+        "uptodate": [InStore(run, stage, image)],
+        "task_dep": _kind_guard(stage, image)
+        + [d if d == "appliance" else f"{d}:{n}" for d in stage.after],
+        "verbosity": 2,
+    }
+
+
+def _kind(run: Run) -> Iterator[dict[str, Any]]:
+    """kind:<stage>-<image>: refuse a NixOS configuration of the other guest kind, up front"""
+    for image in run.config.images.values():
+        for stage in KIND_CHECKED:
+            if _kind_guard(stage, image):
+                yield _kind_task(run, stage, image)
+
+
+def _kind_task(run: Run, stage: Stage, image: Image) -> dict[str, Any]:
+    def matches() -> bool:
+        try:
+            stages.check_kind(run, stage, image)
+        except PipelineError:
+            return False  # the action reports it
+        return True
+    return {"name": f"{stage.name}-{image.name}",
+            "doc": f"{image.name}'s NixOS configuration is for the guest {stage.name} makes",
+            "actions": [_action(lambda: stages.check_kind(run, stage, image))],
+            "uptodate": [matches], "verbosity": 2}
+
+
+def _verify_task(run: Run, image: Image) -> dict[str, Any]:
+    return {
+        "name": image.name,
+        "doc": f"check {image.name}'s store entries, then boot it with ChromeOS's disk layout",
+        "actions": [_action(lambda: fsck.check(run.store, stages.image_entries(run, image))),
+                    _action(lambda: stages.boot_test(run, image))],
+        "task_dep": [f"baguette:{image.name}", "appliance"],
+        "verbosity": 2,
+    }
+
+
+# --- one creator per task group; each docstring is its line in `doit list` ----------------
+
+
+def _per_image(run: Run, stage: Stage) -> Iterator[dict[str, Any]]:
+    for image in run.config.images.values():
+        yield _stage_task(run, stage, image)
+
+
+def _verify(run: Run) -> Iterator[dict[str, Any]]:
+    """verify:baguette boots the default images the way ChromeOS does"""
+    for image in run.config.images.values():
+        yield _verify_task(run, image)
+    defaults = run.config.build.default_images
+    yield {"name": "baguette", "doc": f"boot the default images ({', '.join(defaults)})",
+           "actions": None, "task_dep": [f"verify:{n}" for n in defaults]}
+
+
+def _appliance(run: Run) -> dict[str, Any]:
+    """the VM helper's appliance (host kernel + small initramfs)"""
+    def current() -> bool:
+        try:
+            return run.store.has(stages.appliance_inputs(run))
+        except PipelineError:
+            return False  # the action reports it
+    return {"actions": [_action(lambda: stages.appliance(run))], "uptodate": [current],
+            "verbosity": 2}
+
+
+def _build(run: Run) -> Iterator[dict[str, Any]]:
+    """build:baguette / build:lxc build the default images (Baguette / Crostini)"""
+    defaults = run.config.build.default_images
+    for stage, what in ((stages.BAGUETTE, "Baguette disks"), (stages.LXC, "Crostini containers")):
+        yield {"name": stage.name,
+               "doc": f"build the default images' {what} ({', '.join(defaults)})",
+               "actions": None, "task_dep": [f"{stage.name}:{n}" for n in defaults]}
+
+
+def _gc(run: Run) -> dict[str, Any]:
+    """free store entries the config does not need (keeps the newest --keep N)"""
+    def collect(keep: int, min_age: int = gc.MIN_AGE // 60) -> TaskFailed | None:
+        return _action(lambda: stages.collect_garbage(run, keep, min_age * 60))()
+    return {
+        "actions": [collect],
+        "params": [{"name": "keep", "long": "keep", "type": int, "default": 2,
+                    "help": "newest entries to keep per stage and image (of every config "
+                            "that built here), besides what images.toml needs"},
+                   {"name": "min_age", "long": "min-age", "type": int,
+                    "default": gc.MIN_AGE // 60,
+                    "help": "minutes: entries built (or recorded by a build) more recently "
+                            "are kept, whatever config built them"}],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _fsck(run: Run) -> dict[str, Any]:
+    """check every store entry against the sizes and hashes recorded with it"""
+    return {"actions": [_action(lambda: fsck.check_store(run.store))], "uptodate": [False],
+            "verbosity": 2}
+
+
+def _check(run: Run) -> Iterator[dict[str, Any]]:
+    """check:nix checks the nix/ flake (parse, then `nix flake check`)"""
+    yield {
+        "name": "nix",
+        "doc": "parse every .nix file in nix/, then `nix flake check` it (needs network "
+               "for nixpkgs; says so where there is none)",
+        "actions": [_action(lambda: nixcheck.check(NIX_DIR))],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _publish(run: Run) -> dict[str, Any]:
+    """lay out what is built as a static image server (--verify: check one)"""
+    def publish(verify: bool) -> TaskFailed | None:
+        def act() -> None:
+            if verify:
+                published_tree.verify_tree(run.config.publish.dir)
+                return
+            done = published_tree.publish(run)
+            print(f"\npublished: {done.root} "
+                  f"({', '.join(f'{i} {v}' for i, v in sorted(done.versions.items()))})\n"
+                  f"{published_tree.remote_instructions(run.config.publish.base_url, done)}\n")
+        return _action(act)()
+    return {
+        "actions": [publish],
+        "params": [{"name": "verify", "long": "verify", "type": bool, "default": False,
+                    "help": "only re-read the published tree and check every hash and "
+                            "the index (publishes nothing)"}],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _bench(run: Run) -> dict[str, Any]:
+    """benchmarks (tests/bench/): ratios against baselines measured in one run"""
+    return {"actions": [[sys.executable, "-m", "tests.bench"]], "uptodate": [False],
+            "verbosity": 2}
+
+
+GROUPS: dict[str, Callable[[Run], Any]] = {
+    "appliance": _appliance, "build": _build, "verify": _verify, "gc": _gc, "fsck": _fsck,
+    "check": _check, "publish": _publish, "bench": _bench, "kind": _kind}
+
+
+def _creator(make: Callable[[], Any], doc: str) -> Callable[[], Any]:
+    def creator() -> Any:
+        exit_on_config_error(_check_doit_state)
+        return make()
+    creator.__doc__ = doc
+    return creator
+
+
+def creators(config: Config, source_date_epoch: int | None) -> dict[str, Callable[[], Any]]:
+    """doit task creators by name (`task_<name>`), each with the docstring `doit list` shows:
+    one group per stage of the table (`<stage>:<image>`), and the groups above."""
+    run = stages.open_run(config, source_date_epoch)
+    out = {name: _creator(partial(group, run), group.__doc__ or "")
+           for name, group in GROUPS.items()}
+    for stage in STAGES:
+        out[stage.name] = _creator(partial(_per_image, run, stage),
+                                   f"{stage.name}:<image>: {stage.summary}")
+    return {f"task_{name}": fn for name, fn in out.items()}
+
+
+def _check_doit_state() -> None:
+    """doit writes its state file after the last task: one it cannot write would end a
+    successful build in a traceback, so say it before anything runs. doit has opened the
+    file (Globals.dep_manager) when it calls the task creators."""
+    manager = Globals.dep_manager
+    if manager is None:
+        return
+    state = Path(manager.name).absolute()
+    for path in (state, state.parent):  # SQLite writes a journal beside the file
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PipelineError(
+                f"doit's state {state} is not writable ({path} is read-only): doit could not "
+                "record this run", hint=f"make it writable (chmod u+w {path}), or remove "
+                f"{state.name}: doit starts a new one and the store keeps every build")
+
+
+def doit_config(state_dir: Path) -> dict[str, Any]:
+    """DOIT_CONFIG: doit's state in `state_dir` (the directory of images.toml)."""
+    return {
+        "default_tasks": ["build:baguette"],
+        "verbosity": 2,
+        # sqlite commits atomically: a build killed while doit saves its state (or a power
+        # cut) cannot leave a half-written file that stops every later run, as json can
+        "dep_file": str(state_dir / ".doit.db.sqlite"),
+        "backend": "sqlite3",
+        "par_type": "thread",  # `doit -n 2`: stages are I/O- and QEMU-bound, threads suffice
+    }
+
+
+def exit_on_config_error(fn: Callable[[], T]) -> T:
+    """Load the config for dodo.py; a config error ends doit with the message, not a trace."""
+    try:
+        return fn()
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
