@@ -339,15 +339,16 @@ def stage(name: str) -> Stage:
 # --- building one stage -------------------------------------------------------------------
 
 
-def build(run: Run, stage: Stage, image: Image) -> Path:
-    """The stage's store entry for `image`, built now unless it is in the store; its stable
-    names are linked. Returns the entry's directory."""
+def build(run: Run, stage: Stage, image: Image, rebuild: bool = False) -> Path:
+    """The stage's store entry for `image`, built now unless it is in the store (or
+    `rebuild`: the entry there is replaced by a new build); its stable names are linked.
+    Returns the entry's directory."""
     si = key(run, stage, image)
     path = run.store.path(si)
-    if run.store.has(si) and run.store.intact(si):
+    if not rebuild and run.store.has(si) and run.store.intact(si):
         info(f"{si.stage}: in the store ({si.key})")
     else:
-        _build_entry(run, stage, image, si)
+        _build_entry(run, stage, image, si, rebuild)
     write_record(run.layout, image.name, si)
     for name, dest in stage.stable(path) if stage.stable else []:
         link_output(path / name, run.layout.outputs(image.name) / dest)
@@ -355,16 +356,21 @@ def build(run: Run, stage: Stage, image: Image) -> Path:
     return path
 
 
-def _build_entry(run: Run, stage: Stage, image: Image, si: StageInputs) -> None:
+def _build_entry(run: Run, stage: Stage, image: Image, si: StageInputs,
+                 rebuild: bool = False) -> None:
     with run.store.lock(si):
         path = run.store.path(si)
-        if run.store.has(si):  # another process built it while we waited, or it is damaged
+        why = ""
+        if run.store.has(si) and rebuild:
+            run.store.discard(path)
+            why = "rebuilt on request: doit forget or doit -a"
+        elif run.store.has(si):  # another process built it while we waited, or it is damaged
             found = problems(path, full=False)
             if not found:
                 return
             run.store.set_aside(path, found)
         run.store.remove_stale(si)  # what a killed build of this key left
-        why = explain_miss(read_record(run.layout, image.name, si.stage), si)
+        why = why or explain_miss(read_record(run.layout, image.name, si.stage), si)
         title = stage.title.format(source=image.source.value)
         with contextlib.ExitStack() as reading:
             for upstream in stage.after:  # held while read, so gc leaves them alone
