@@ -163,7 +163,42 @@ def main_file(run: Run, stage: Stage, image: Image) -> Path:
 
 
 def _base_inputs(run: Run, image: Image) -> StageInputs:
-    return source_for(image.source).inputs(image, run.memo)  # type: ignore[no-any-return]
+    si: StageInputs = source_for(image.source).inputs(image, run.memo)
+    stamp = refreshed_at(run, image)
+    return StageInputs(si.stage, si.version, {**si.inputs, "refreshed": stamp}) if stamp else si
+
+
+# --- refreshing a base --------------------------------------------------------------------
+
+REFRESHABLE = (SourceKind.DEBIAN,)  # a nix base moves with flake.lock, a tarball with its file
+
+
+def refreshed_at(run: Run, image: Image) -> str:
+    """When `doit refresh:<image>` last asked for a new base ('' if never): part of the base
+    key of a Debian image, whose inputs (suite, packages, mirror) name no archive state."""
+    if image.source not in REFRESHABLE:
+        return ""
+    try:
+        return str(json.loads(run.layout.record(image.name, "refresh").read_text())["at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def refresh(run: Run, image: Image) -> str:
+    """The image's next build makes a new base (mmdebstrap again: the archive's updates),
+    and so everything after it; the previous builds stay in the store until `doit gc`."""
+    if image.source not in REFRESHABLE:
+        raise PipelineError(f"{image.name}: a {image.source.value} base cannot be refreshed "
+                            "here", hint="a nix base follows flake.lock (`nix flake update`), "
+                            "a tarball base its file: change those")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record = run.layout.record(image.name, "refresh")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(record, json.dumps({"at": stamp}).encode())
+    for k in [k for k in run.keys if k[1] == image.name]:
+        del run.keys[k]  # keys computed earlier in this run no longer hold
+    info(f"{image.name}: the next build makes a new base (refreshed {stamp})")
+    return stamp
 
 
 def _make_base(run: Run, image: Image, d: Path) -> None:

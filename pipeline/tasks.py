@@ -270,6 +270,22 @@ class Count:
         return f"(a whole number, {self.minimum} or more)"
 
 
+def _refresh(run: Run) -> Iterator[dict[str, Any]]:
+    """refresh:<image> makes the next build fetch a new Debian base (archive updates)"""
+    names = []
+    for image in run.config.images.values():
+        if image.source in stages.REFRESHABLE:
+            names.append(image.name)
+            yield {"name": image.name,
+                   "doc": f"the next build of {image.name} runs mmdebstrap again (a new base "
+                          "with the archive's updates, then every stage after it)",
+                   "actions": [_action(partial(stages.refresh, run, image))],
+                   "uptodate": [False], "verbosity": 2}
+    defaults = [n for n in run.config.build.default_images if n in names]
+    yield {"name": "all", "doc": f"refresh the default images' bases ({', '.join(defaults)})",
+           "actions": None, "task_dep": [f"refresh:{n}" for n in defaults]}
+
+
 def _gc(run: Run) -> dict[str, Any]:
     """free store entries the config does not need (keeps the newest --keep N)"""
     def collect(keep: int, min_age: int = gc.MIN_AGE // 60) -> TaskFailed | None:
@@ -339,7 +355,8 @@ def _bench(run: Run) -> dict[str, Any]:
 
 GROUPS: dict[str, Callable[[Run], Any]] = {
     "appliance": _appliance, "build": _build, "verify": _verify, "gc": _gc, "fsck": _fsck,
-    "check": _check, "publish": _publish, "bench": _bench, "kind": _kind}
+    "check": _check, "publish": _publish, "bench": _bench, "kind": _kind,
+    "refresh": _refresh}
 
 
 def _creator(make: Callable[[], Any], doc: str) -> Callable[[], Any]:
@@ -351,7 +368,7 @@ def _creator(make: Callable[[], Any], doc: str) -> Callable[[], Any]:
 
 
 # groups holding a task per image beside fixed ones: an image may not take a fixed name
-FIXED_NAMES = {"verify": ("baguette",)}
+FIXED_NAMES = {"verify": ("baguette",), "refresh": ("all",)}
 
 
 def check_names(config: Config) -> None:
@@ -362,7 +379,7 @@ def check_names(config: Config) -> None:
             if name in config.images:
                 raise PipelineError(
                     f"images.{name}: the name {name!r} is taken by the task {group}:{name} "
-                    f"({_verify.__doc__})",
+                    f"({GROUPS[group].__doc__})",
                     hint=f"rename the image (e.g. [images.my-{name}]); for a NixOS host of "
                     f"that name keep it in the flake and set nix.host = \"{name}\"")
 
