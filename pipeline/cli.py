@@ -58,7 +58,7 @@ def namespace(path: Path, debug: bool = False) -> dict[str, Any]:
         exit_on_config_error(lambda: _missing(path))
     cfg = exit_on_config_error(lambda: config.load(path))
     epoch = exit_on_config_error(config.source_date_epoch)
-    return {"DOIT_CONFIG": doit_config(path.parent), **exit_on_config_error(
+    return {"DOIT_CONFIG": doit_config(path.parent, cfg.build.artifacts), **exit_on_config_error(
         lambda: creators(cfg, epoch))}
 
 

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from doit.exceptions import TaskFailed
 from doit.globals import Globals
 
-from . import stages
+from . import report, stages
 from .config import Config, Image
 from .core.errors import PipelineError
 from .publish import tree as published_tree
@@ -414,9 +414,11 @@ def _check_doit_state() -> None:
                 "builds each stage again once, as after `doit forget --all`)")
 
 
-def doit_config(state_dir: Path) -> dict[str, Any]:
-    """DOIT_CONFIG: doit's state in `state_dir` (the directory of images.toml)."""
+def doit_config(state_dir: Path, artifacts: Path) -> dict[str, Any]:
+    """DOIT_CONFIG: doit's state in `state_dir` (the directory of images.toml), a summary
+    of the run at its end (report.py)."""
     return {
+        "reporter": report.reporter(artifacts),
         "default_tasks": ["build:baguette"],
         "verbosity": 2,
         # sqlite commits atomically: a build killed while doit saves its state (or a power
