@@ -6,6 +6,7 @@ command, option and convention works (`list`, `info`, `forget`, `-a`, `-n 2`, pa
     cros-guest --config path/images.toml list
     cros-guest --debug build:lxc        # also every command the pipeline runs
     cros-guest init                     # a dodo.py (and a starter images.toml) here
+    cros-guest setup                    # the Debian packages (apt)
     python -m pipeline ...              # the same
 
 The config is `--config`, else $IMAGES_TOML, else `images.toml` in the current directory.
@@ -101,9 +102,19 @@ class Init(Command):
         return 0
 
 
+class Setup(Command):
+    doc_purpose = "install the Debian packages the pipeline drives (apt; root or sudo)"
+    doc_usage = ""
+    doc_description = "The same as `python3 -m pipeline.hostsetup --no-venv` from a checkout."
+
+    def execute(self, opt_values: dict[str, Any], pos_args: list[str]) -> int:
+        from . import hostsetup
+        return hostsetup.main(["--no-venv"])
+
+
 class Main(DoitMain):
     BIN_NAME = BIN_NAME
-    DOIT_CMDS = (*DoitMain.DOIT_CMDS, Init)
+    DOIT_CMDS = (*DoitMain.DOIT_CMDS, Init, Setup)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
     python3 -m pipeline.hostsetup            # runtime: packages + .venv
     python3 -m pipeline.hostsetup --tests    # also the test dependencies
+    python3 -m pipeline.hostsetup --no-venv  # packages only (an installed cros-guest)
 
 Idempotent and quick when already done: installed packages are asked of dpkg first, and the
 venv is reinstalled only when pyproject.toml changed. Uses the standard library only, since
@@ -239,6 +240,8 @@ def ensure_venv(extras: str, venv_dir: Path = VENV) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tests", action="store_true", help="also install the test dependencies")
+    ap.add_argument("--no-venv", action="store_true",
+                    help="only the Debian packages (for cros-guest installed with pip or pipx)")
     args = ap.parse_args(argv)
     if shutil.which("dpkg-query") is None:
         print("setup: this is not a Debian-based system; install the equivalents of "
@@ -246,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         install_packages(PACKAGES + nix_packages() + (TEST_PACKAGES if args.tests else []))
         install_gitleaks()
+    if args.no_venv or not (ROOT / "pyproject.toml").is_file():  # not a checkout: installed
+        print("setup: Debian packages only (no .venv)")
+        return 0
     ensure_venv("test" if args.tests else "")
     return 0
 

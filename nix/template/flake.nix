@@ -5,8 +5,9 @@
   description = "ChromeOS guests from my NixOS configuration";
 
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
-  # the modules: this project's nix/ directory (a path: or github: reference to it)
-  inputs.cros-guest.url = "github:cros-guest-pipeline/cros-guest-pipeline?dir=nix";
+  # the modules: this project's nix/ directory. OWNER/REPO is where the project is hosted
+  # (as in the `nix flake init -t` command you ran); a checkout works as path:/abs/nix
+  inputs.cros-guest.url = "github:OWNER/REPO?dir=nix";
   inputs.cros-guest.inputs.nixpkgs.follows = "nixpkgs";
 
   outputs = { nixpkgs, cros-guest, ... }:

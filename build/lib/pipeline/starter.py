@@ -21,7 +21,7 @@ from pipeline.cli import dodo_namespace
 globals().update(dodo_namespace(__file__))
 '''
 
-IMAGES_TOML = '''# Images this directory builds: `cros-guest list` (or `doit list`) shows their tasks.
+IMAGES_TOML = '''# Images this directory builds (`cros-guest list` shows their tasks).
 # Paths are relative to this file; the store and outputs go to artifacts/ beside it.
 
 [build]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -56,7 +57,7 @@ def progress(total: int, desc: str, unit: str = "B"):  # type: ignore[no-untyped
         unit_scale=True,
         unit_divisor=1024 if unit == "B" else 1000,
         file=sys.stderr,
-        disable=not sys.stderr.isatty(),
+        disable=not showing_progress(),
         leave=False,
     )
 
@@ -71,3 +72,29 @@ def enable_debug() -> None:
     handler.pipeline_debug = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
+
+
+def showing_progress() -> bool:
+    """Progress bars are for a person: stderr is a terminal (never in CI logs)."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+class Status:
+    """A one-line status under the current step (tqdm with no total): the newest phase a
+    tool reported, and optionally bytes done; nothing at all when not showing_progress()."""
+
+    def __init__(self, desc: str, total: int = 0) -> None:
+        self.enabled = showing_progress()
+        self._bar = progress(total, desc) if self.enabled else None
+
+    def line(self, text: str) -> None:
+        if self._bar is not None and text.strip():
+            self._bar.set_postfix_str(text.strip()[:60], refresh=True)
+
+    def position(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
