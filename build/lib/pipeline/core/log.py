@@ -86,6 +86,8 @@ class Status:
     def __init__(self, desc: str, total: int = 0) -> None:
         self.enabled = showing_progress()
         self._bar = progress(total, desc) if self.enabled else None
+        if self._bar is not None and not total:  # no bytes to count: the time and the line
+            self._bar.bar_format = "{desc}: {elapsed} {postfix}"
 
     def line(self, text: str) -> None:
         if self._bar is not None and text.strip():
