@@ -90,12 +90,15 @@ class InStore:
     def __call__(self, task: object = None, values: dict[str, Any] | None = None) -> bool:
         try:
             current = stages.is_current(self.run, self.stage, self.image)
+            stored = current or stages.built_entry(self.run, self.stage, self.image) is not None
         except PipelineError:
-            current = False
+            current = stored = False
         finally:
             self.run.memo.save()  # hashes found while checking serve the next run (if new)
         if values is not None and not values.get("key"):
-            self.verdict = "forgotten"
+            # no record: built again if the store has it (two first builds at once, each
+            # with its own doit state, find an empty store: the second waits and reuses)
+            self.verdict = "forgotten" if stored else "stale"
             return False
         self.verdict = "current" if current else "stale"
         return current
