@@ -88,3 +88,17 @@ def test_a_half_made_venv_is_made_again(tmp_path: Path,
     assert hostsetup.has_pip(half), "created again, with pip"
     assert installs and installs[0][0] == str(half / "bin" / "python")
     assert (half / ".installed").is_file()
+
+
+def test_no_venv_installs_the_packages_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cros-guest setup` (an installed package): apt, and no .venv next to the package."""
+    asked: list[list[str]] = []
+    monkeypatch.setattr(hostsetup, "install_packages", lambda names: asked.append(names))
+    monkeypatch.setattr(hostsetup, "install_gitleaks", lambda: None)
+
+    def no_venv(*_args: object) -> None:
+        raise AssertionError("a venv was made")
+
+    monkeypatch.setattr(hostsetup, "ensure_venv", no_venv)
+    assert hostsetup.main(["--no-venv"]) == 0
+    assert asked and "python3-venv" in asked[0] and "lxd" not in asked[0]
