@@ -12,11 +12,13 @@ Tasks (see `doit list`):
     publish               lay out what is built as a static image server (publish/)
     publish --verify      re-read a published tree and check every hash and the index
     appliance             the VM helper's kernel + initramfs
-    check:nix             the nix/ flake parses and passes `nix flake check`
-    bench                 the benchmarks in tests/bench/
+    refresh:<image>       the next build of a Debian image makes a new base (refresh:all)
+    check:nix             the config's flakes parse and pass `nix flake check`
+    bench                 the benchmarks in tests/bench/ (a checkout only)
 
 Up-to-date checks are store lookups (doit's `uptodate` hook), never doit's md5 of multi-GB
-files: a no-op run hashes no artifact. A stage error is reported as doit's TaskFailed with
+files: a no-op run hashes no artifact. doit's own record of a run is part of it, so `doit
+forget` and `doit -a` build a stage again (InStore). A stage error is reported as doit's TaskFailed with
 the pipeline's message and hint, without a Python traceback.
 """
 
