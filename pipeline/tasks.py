@@ -18,8 +18,8 @@ Tasks (see `doit list`):
 
 Up-to-date checks are store lookups (doit's `uptodate` hook), never doit's md5 of multi-GB
 files: a no-op run hashes no artifact. doit's own record of a run is part of it, so `doit
-forget` and `doit -a` build a stage again (InStore). A stage error is reported as doit's TaskFailed with
-the pipeline's message and hint, without a Python traceback.
+forget` and `doit -a` build a stage again (InStore). A stage error is reported as doit's
+TaskFailed with the pipeline's message and hint, without a Python traceback.
 """
 
 from __future__ import annotations
@@ -92,15 +92,16 @@ class InStore:
     def __call__(self, task: object = None, values: dict[str, Any] | None = None) -> bool:
         try:
             current = stages.is_current(self.run, self.stage, self.image)
-            stored = current or stages.built_entry(self.run, self.stage, self.image) is not None
+            ours = current and stages.built_for(self.run, self.stage, self.image)
         except PipelineError:
-            current = stored = False
+            current = ours = False
         finally:
             self.run.memo.save()  # hashes found while checking serve the next run (if new)
         if values is not None and not values.get("key"):
-            # no record: built again if the store has it (two first builds at once, each
-            # with its own doit state, find an empty store: the second waits and reuses)
-            self.verdict = "forgotten" if stored else "stale"
+            # no record of doit's: built again if this image's last build of the stage is
+            # the entry there (forgotten); an entry another image (a shared base) or another
+            # process built meanwhile is reused
+            self.verdict = "forgotten" if ours else "stale"
             return False
         self.verdict = "current" if current else "stale"
         return current

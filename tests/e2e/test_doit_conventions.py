@@ -110,3 +110,16 @@ def test_task_docs_show_the_configured_artifacts(tmp_path: Path) -> None:
     listing = doit(tmp_path, "list", "--all").stdout
     assert f"{elsewhere}/tiny/baguette_rootfs.img.zst" in listing
     assert f"{elsewhere}/tiny/lxc/" in listing and "<artifacts>" not in listing
+
+
+def test_a_base_two_images_share_is_built_once(tmp_path: Path) -> None:
+    """The second image finds the shared base in the store with no doit record of its own:
+    that is a reuse, not a forget."""
+    toml = write_project(tmp_path, rich=False)
+    toml.write_text(toml.read_text() + '[images.other]\nsource = "tarball"\ndotfiles = ""\n'
+                    '[images.other.tarball]\npath = "rootfs.tar"\n')
+    both = doit(tmp_path, "lxc:tiny", "lxc:other")
+    assert {"base:tiny", "base:other", "lxc:other"} <= ran(both)
+    assert both.stderr.count("==> Base rootfs from tarball") == 1, both.stderr
+    assert rebuilt(both.stderr) == []
+    assert len(built_at(tmp_path, "base")) == 1
