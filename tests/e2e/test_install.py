@@ -54,7 +54,10 @@ def test_the_wheel_builds_an_image_from_the_users_repo(installed: Path,
 
     # the package data: the guest's init and the appliance recipe, the NixOS modules
     data = _run([installed / "python", "-c", "from pipeline.core import paths; "
-                 "print(paths.qemu_dir() / 'init', paths.nix_dir() / 'flake.nix')"], repo)
+                 "print(paths.qemu_dir() / 'init', paths.qemu_dir() / 'appliance.toml', "
+                 "paths.nix_dir() / 'flake.nix', paths.nix_dir() / 'modules/baguette.nix', "
+                 "paths.nix_dir() / 'template/dotfiles/.bashrc')"], repo)
+    assert len(data.stdout.split()) == 5, data.stderr
     for p in data.stdout.split():
         assert Path(p).is_file() and str(installed.parent) in p, data.stdout + data.stderr
 

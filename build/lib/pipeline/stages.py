@@ -434,6 +434,13 @@ def is_current(run: Run, stage: Stage, image: Image) -> bool:
                for name, dest in (stage.stable(path) if stage.stable else []))
 
 
+def built_for(run: Run, stage: Stage, image: Image) -> bool:
+    """The image's own record (artifacts/<image>/.inputs/) names the stage's current key:
+    this image built (or linked) that entry last."""
+    last = read_record(run.layout, image.name, stage.name)
+    return last is not None and last.get("key") == key(run, stage, image).key
+
+
 def _same_file(run: Run, src: Path, dst: Path) -> bool:
     try:
         return src.samefile(dst) or run.memo.sha256(src) == run.memo.sha256(dst)

@@ -12,12 +12,14 @@ Tasks (see `doit list`):
     publish               lay out what is built as a static image server (publish/)
     publish --verify      re-read a published tree and check every hash and the index
     appliance             the VM helper's kernel + initramfs
-    check:nix             the nix/ flake parses and passes `nix flake check`
-    bench                 the benchmarks in tests/bench/
+    refresh:<image>       the next build of a Debian image makes a new base (refresh:all)
+    check:nix             the config's flakes parse and pass `nix flake check`
+    bench                 the benchmarks in tests/bench/ (a checkout only)
 
 Up-to-date checks are store lookups (doit's `uptodate` hook), never doit's md5 of multi-GB
-files: a no-op run hashes no artifact. A stage error is reported as doit's TaskFailed with
-the pipeline's message and hint, without a Python traceback.
+files: a no-op run hashes no artifact. doit's own record of a run is part of it, so `doit
+forget` and `doit -a` build a stage again (InStore). A stage error is reported as doit's
+TaskFailed with the pipeline's message and hint, without a Python traceback.
 """
 
 from __future__ import annotations
@@ -90,12 +92,16 @@ class InStore:
     def __call__(self, task: object = None, values: dict[str, Any] | None = None) -> bool:
         try:
             current = stages.is_current(self.run, self.stage, self.image)
+            ours = current and stages.built_for(self.run, self.stage, self.image)
         except PipelineError:
-            current = False
+            current = ours = False
         finally:
             self.run.memo.save()  # hashes found while checking serve the next run (if new)
         if values is not None and not values.get("key"):
-            self.verdict = "forgotten"
+            # no record of doit's: built again if this image's last build of the stage is
+            # the entry there (forgotten); an entry another image (a shared base) or another
+            # process built meanwhile is reused
+            self.verdict = "forgotten" if ours else "stale"
             return False
         self.verdict = "current" if current else "stale"
         return current
