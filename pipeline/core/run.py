@@ -124,6 +124,12 @@ def require_version(tool: str) -> str:
     return path
 
 
+def log_command(argv: Sequence[str | os.PathLike[str]]) -> None:
+    """The debug line of a command the pipeline runs (`--debug`), for callers that start
+    processes themselves (QEMU, Nix, the user-namespace helper)."""
+    log.debug("run: %s", " ".join(str(a) for a in argv))
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -145,7 +151,7 @@ def run(
     """
     args = [str(a) for a in argv]
     args[0] = require(args[0]) if "/" not in args[0] else args[0]
-    log.debug("run: %s", " ".join(args))
+    log_command(args)
     full_env = None
     if env is not None:
         full_env = dict(os.environ)

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..config import Accel
 from ..core.errors import GuestError
 from ..core.log import Status, warn
-from ..core.run import require_version
+from ..core.run import log_command, require_version
 from .appliance import Appliance
 
 
@@ -183,6 +183,7 @@ def _run_qemu(argv: list[str], log_path: Path, timeout: float,
 
 def _wait_qemu(argv: list[str], log_path: Path, timeout: float,
                deadline: float) -> tuple[int | None, str, bool]:
+    log_command(argv)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
     start = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,14 +19,17 @@ def _guest(log_path: Path) -> list[str]:
 
 
 def test_the_newest_step_is_the_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+                                       capsys: pytest.CaptureFixture[str],
+                                       caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(log, "showing_progress", lambda: True)
+    caplog.set_level(logging.DEBUG, "pipeline")
     console = tmp_path / "console.log"
     console.write_bytes(b"")
     code, _, booted = qemu._wait_qemu(_guest(console), console, 60, 60)
     assert (code, booted) == (0, True)
     err = capsys.readouterr().err
     assert "guest" in err and "extracting the rootfs" in err and "setting owners" in err
+    assert "run: sh -c echo '@@BOOTED'" in caplog.text, "--debug shows the QEMU command too"
 
 
 def test_no_status_off_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
