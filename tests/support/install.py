@@ -9,6 +9,7 @@ without running the .pth files inside it, so the checkout's editable install sta
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -19,9 +20,14 @@ from tests.support.paths import ROOT
 
 
 def build_wheel(out: Path) -> Path:
-    """`pip wheel --no-deps` of the checkout (an isolated build, as pip and pipx do)."""
+    """`pip wheel --no-deps` of a copy of the checkout (an isolated build, as pip and pipx
+    do; setuptools writes build/ into the tree it builds, so not into the checkout)."""
+    src = out / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "artifacts", "build", "*.egg-info", "__pycache__", ".doit.db*",
+        "tests", ".*_cache"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                           "--disable-pip-version-check", "-w", str(out), str(ROOT)],
+                           "--disable-pip-version-check", "-w", str(out), str(src)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = out.glob("cros_guest_pipeline-*.whl")
