@@ -37,5 +37,11 @@
       };
 
       nixosConfigurations = sample "crostini" // sample "baguette";
+
+      # `nix flake init -t <this flake>`: a flake of one's own with images.toml beside it
+      templates.default = {
+        path = ./template;
+        description = "a NixOS configuration as ChromeOS guests (Baguette and Crostini)";
+      };
     };
 }

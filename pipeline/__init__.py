@@ -1,7 +1,8 @@
 """Build ChromeOS Linux guest images (Baguette VM disks, Crostini containers).
 
 One image, in the order it is built (stages.py holds the stage table; tasks.py wires it into
-doit; config.py reads images.toml into frozen dataclasses):
+doit; config.py reads images.toml into frozen dataclasses; cli.py is the `cros-guest`
+command, doit's own over a loader for images.toml; report.py the end-of-run summary):
 
     sources/    base      the base rootfs tarball: debian (mmdebstrap), tarball, nix (nix build)
     rootfs/     rootfs    customize: the user, dotfiles, ChromeOS integration files, normalised

@@ -2,6 +2,7 @@
 
     python3 -m pipeline.hostsetup            # runtime: packages + .venv
     python3 -m pipeline.hostsetup --tests    # also the test dependencies
+    python3 -m pipeline.hostsetup --no-venv  # packages only (an installed cros-guest)
 
 Idempotent and quick when already done: installed packages are asked of dpkg first, and the
 venv is reinstalled only when pyproject.toml changed. Uses the standard library only, since
@@ -34,7 +35,7 @@ VENV = ROOT / ".venv"
 PACKAGES = [
     "qemu-system-x86", "qemu-utils", "btrfs-progs", "busybox-static", "zstd", "libmagic1",
     "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
-    "xz-utils", "squashfs-tools-ng",
+    "xz-utils", "squashfs-tools-ng", "python3-venv",
 ]  # uidmap: mmdebstrap's unshare mode, used when the build does not run as root
 # the secret scan's rule set (pipeline/rootfs/secrets.py): Debian packages it from trixie on,
 # so on bookworm that one package comes from trixie (it needs only libc6 >= 2.34)
@@ -199,21 +200,36 @@ def install_gitleaks() -> None:
                         str(deb)], check=True, env=env)
 
 
-def ensure_venv(extras: str) -> None:
-    stamp = VENV / ".installed"
+def has_pip(venv_dir: Path) -> bool:
+    """The venv's python runs and has pip (a venv whose creation failed half-way, e.g.
+    without python3-venv's ensurepip, has a python and no pip)."""
+    python = venv_dir / "bin" / "python"
+    if not python.exists():
+        return False
+    return subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True,
+                          check=False).returncode == 0
+
+
+def ensure_venv(extras: str, venv_dir: Path = VENV) -> None:
+    stamp = venv_dir / ".installed"
     def digest(e: str) -> str:
         return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + e.encode()).hexdigest()
 
     want = digest(extras)
     done = stamp.read_text() if stamp.is_file() else ""
     # a venv with the test extras also satisfies a runtime-only request
-    if done in (want, digest("test")) and (VENV / "bin" / "doit").exists():
-        print("setup: .venv up to date")
+    if done in (want, digest("test")) and (venv_dir / "bin" / "doit").exists():
+        print(f"setup: {venv_dir.name} up to date")
         return
-    if not (VENV / "bin" / "python").exists():
-        print("setup: creating .venv")
-        venv.EnvBuilder(with_pip=True).create(VENV)
-    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q",
+    if not has_pip(venv_dir):
+        print(f"setup: creating {venv_dir.name}")
+        try:
+            venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            print(f"setup: could not create {venv_dir} ({exc}): install python3-venv "
+                  "(apt-get install python3-venv), then run set-up again", file=sys.stderr)
+            raise SystemExit(1) from None
+    pip = [str(venv_dir / "bin" / "python"), "-m", "pip", "install", "-q",
            "--disable-pip-version-check"]
     target = f"{ROOT}[{extras}]" if extras else str(ROOT)
     print(f"setup: installing the project into .venv ({extras or 'runtime'})")
@@ -226,6 +242,8 @@ def ensure_venv(extras: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tests", action="store_true", help="also install the test dependencies")
+    ap.add_argument("--no-venv", action="store_true",
+                    help="only the Debian packages (for cros-guest installed with pip or pipx)")
     args = ap.parse_args(argv)
     if shutil.which("dpkg-query") is None:
         print("setup: this is not a Debian-based system; install the equivalents of "
@@ -233,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         install_packages(PACKAGES + nix_packages() + (TEST_PACKAGES if args.tests else []))
         install_gitleaks()
+    if args.no_venv or not (ROOT / "pyproject.toml").is_file():  # not a checkout: installed
+        print("setup: Debian packages only (no .venv)")
+        return 0
     ensure_venv("test" if args.tests else "")
     return 0
 

@@ -178,7 +178,42 @@ def main_file(run: Run, stage: Stage, image: Image) -> Path:
 
 
 def _base_inputs(run: Run, image: Image) -> StageInputs:
-    return source_for(image.source).inputs(image, run.memo)  # type: ignore[no-any-return]
+    si: StageInputs = source_for(image.source).inputs(image, run.memo)
+    stamp = refreshed_at(run, image)
+    return StageInputs(si.stage, si.version, {**si.inputs, "refreshed": stamp}) if stamp else si
+
+
+# --- refreshing a base --------------------------------------------------------------------
+
+REFRESHABLE = (SourceKind.DEBIAN,)  # a nix base moves with flake.lock, a tarball with its file
+
+
+def refreshed_at(run: Run, image: Image) -> str:
+    """When `doit refresh:<image>` last asked for a new base ('' if never): part of the base
+    key of a Debian image, whose inputs (suite, packages, mirror) name no archive state."""
+    if image.source not in REFRESHABLE:
+        return ""
+    try:
+        return str(json.loads(run.layout.record(image.name, "refresh").read_text())["at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def refresh(run: Run, image: Image) -> str:
+    """The image's next build makes a new base (mmdebstrap again: the archive's updates),
+    and so everything after it; the previous builds stay in the store until `doit gc`."""
+    if image.source not in REFRESHABLE:
+        raise PipelineError(f"{image.name}: a {image.source.value} base cannot be refreshed "
+                            "here", hint="a nix base follows flake.lock (`nix flake update`), "
+                            "a tarball base its file: change those")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record = run.layout.record(image.name, "refresh")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(record, json.dumps({"at": stamp}).encode())
+    for k in [k for k in run.keys if k[1] == image.name]:
+        del run.keys[k]  # keys computed earlier in this run no longer hold
+    info(f"{image.name}: the next build makes a new base (refreshed {stamp})")
+    return stamp
 
 
 def _make_base(run: Run, image: Image, d: Path) -> None:
@@ -354,14 +389,15 @@ def stage(name: str) -> Stage:
 # --- building one stage -------------------------------------------------------------------
 
 
-def build(run: Run, stage: Stage, image: Image) -> Path:
-    """The stage's store entry for `image`, built now unless it is in the store; its stable
-    names are linked. Returns the entry's directory."""
+def build(run: Run, stage: Stage, image: Image, rebuild: bool = False) -> Path:
+    """The stage's store entry for `image`, built now unless it is in the store (or
+    `rebuild`: the entry there is replaced by a new build); its stable names are linked.
+    Returns the entry's directory."""
     si = key(run, stage, image)
     path = run.store.path(si)
-    if run.store.has(si) and run.store.intact(si):
+    if not rebuild and run.store.has(si) and run.store.intact(si):
         info(f"{si.stage}: in the store ({si.key})")
-    elif _build_entry(run, stage, image, si) and run.remote is not None:
+    elif _build_entry(run, stage, image, si, rebuild) and run.remote is not None:
         run.remote.push(run.store, si, image.name, work_dir(run))
     write_record(run.layout, image.name, si)
     for name, dest in stage.stable(path) if stage.stable else []:
@@ -370,20 +406,27 @@ def build(run: Run, stage: Stage, image: Image) -> Path:
     return path
 
 
-def _build_entry(run: Run, stage: Stage, image: Image, si: StageInputs) -> bool:
+def _build_entry(run: Run, stage: Stage, image: Image, si: StageInputs,
+                 rebuild: bool = False) -> bool:
     """Make the entry under its key's lock: True when this process built it (not when
-    another process did meanwhile, nor when it came from the remote store)."""
+    another process did meanwhile, nor when it came from the remote store; a `rebuild`
+    never pulls)."""
     with run.store.lock(si):
         path = run.store.path(si)
-        if run.store.has(si):  # another process built it while we waited, or it is damaged
+        why = ""
+        if run.store.has(si) and rebuild:
+            run.store.discard(path)
+            why = "rebuilt on request: doit forget or doit -a"
+        elif run.store.has(si):  # another process built it while we waited, or it is damaged
             found = problems(path, full=False)
             if not found:
                 return False
             run.store.set_aside(path, found)
         run.store.remove_stale(si)  # what a killed build of this key left
-        if run.remote is not None and run.remote.pull(run.store, si, work_dir(run)):
+        if not rebuild and run.remote is not None and run.remote.pull(run.store, si,
+                                                                      work_dir(run)):
             return False
-        why = explain_miss(read_record(run.layout, image.name, si.stage), si)
+        why = why or explain_miss(read_record(run.layout, image.name, si.stage), si)
         title = stage.title.format(source=image.source.value)
         with contextlib.ExitStack() as reading:
             for upstream in stage.after:  # held while read, so gc leaves them alone
@@ -411,6 +454,13 @@ def is_current(run: Run, stage: Stage, image: Image) -> bool:
     out = run.layout.outputs(image.name)
     return all(_same_file(run, path / name, out / dest)
                for name, dest in (stage.stable(path) if stage.stable else []))
+
+
+def built_for(run: Run, stage: Stage, image: Image) -> bool:
+    """The image's own record (artifacts/<image>/.inputs/) names the stage's current key:
+    this image built (or linked) that entry last."""
+    last = read_record(run.layout, image.name, stage.name)
+    return last is not None and last.get("key") == key(run, stage, image).key
 
 
 def _same_file(run: Run, src: Path, dst: Path) -> bool:

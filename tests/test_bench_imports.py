@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CHECK = """
@@ -28,4 +30,18 @@ def test_doit_bench_runs_the_benchmarks_with_the_venv_python() -> None:
 
     creators = tasks.creators(config.load(ROOT / "images.toml"), None)
     task = creators["task_bench"]()
-    assert task["actions"] == [[sys.executable, "-m", "tests.bench"]]
+    (action,) = task["actions"]
+    assert action.action == [sys.executable, "-m", "tests.bench"]
+    assert action.pkwargs["cwd"] == str(ROOT), "run from the checkout, wherever doit runs"
+
+
+def test_doit_bench_outside_a_checkout_says_so(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import config, tasks
+
+    monkeypatch.setattr(tasks, "CHECKOUT", tmp_path)  # an installed package: no tests/
+    (action,) = tasks.creators(config.load(ROOT / "images.toml"), None)["task_bench"]()[
+        "actions"]
+    failed = action()
+    assert "the benchmarks are not installed" in failed.message
+    assert "run `doit bench` in a checkout" in failed.message

@@ -58,3 +58,47 @@ def test_apt_sources_are_read_in_both_formats(tmp_path: Path) -> None:
     os_release = tmp_path / "os-release"
     os_release.write_text('NAME="Debian"\nVERSION_CODENAME=bookworm\n')
     assert hostsetup.codename(os_release) == "bookworm"
+
+
+def test_python3_venv_is_installed_by_set_up() -> None:
+    assert "python3-venv" in hostsetup.PACKAGES, "venv's ensurepip is python3-venv's on Debian"
+
+
+def test_a_half_made_venv_is_made_again(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A venv whose creation failed after its python (no pip: ensurepip was missing) is
+    created again on the next run instead of being taken as done."""
+    import subprocess
+    import venv
+
+    half = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(half)
+    assert (half / "bin" / "python").exists() and not hostsetup.has_pip(half)
+    installs: list[list[str]] = []
+    real_run = subprocess.run
+
+    def run(argv: list[str], **kw: object) -> object:
+        if "install" in argv and "-e" in argv:  # the project's install: recorded only
+            installs.append(argv)
+            return subprocess.CompletedProcess(argv, 0)
+        return real_run(argv, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(hostsetup.subprocess, "run", run)
+    hostsetup.ensure_venv("", half)
+    assert hostsetup.has_pip(half), "created again, with pip"
+    assert installs and installs[0][0] == str(half / "bin" / "python")
+    assert (half / ".installed").is_file()
+
+
+def test_no_venv_installs_the_packages_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cros-guest setup` (an installed package): apt, and no .venv next to the package."""
+    asked: list[list[str]] = []
+    monkeypatch.setattr(hostsetup, "install_packages", lambda names: asked.append(names))
+    monkeypatch.setattr(hostsetup, "install_gitleaks", lambda: None)
+
+    def no_venv(*_args: object) -> None:
+        raise AssertionError("a venv was made")
+
+    monkeypatch.setattr(hostsetup, "ensure_venv", no_venv)
+    assert hostsetup.main(["--no-venv"]) == 0
+    assert asked and "python3-venv" in asked[0] and "lxd" not in asked[0]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import config, stages
+from pipeline.core.errors import PipelineError
 from pipeline.store.keys import StageInputs
 from tests.support.rootfs import add_sbin_init
 
@@ -112,3 +113,27 @@ def test_build_links_the_stable_names_and_reuses(tmp_path: Path) -> None:
     assert [e.parent.name for e in stages.image_entries(run, image)] == ["base", "rootfs", "lxc"]
     assert stages.wanted_keys(run) == {stages.key(run, s, image).key for s in stages.STAGES} | {
         FIXED_APPLIANCE.key}
+
+
+def test_refresh_gives_a_debian_image_a_new_base_key(tmp_path: Path) -> None:
+    """`doit refresh:NAME`: the Debian base (and so every stage after it) gets a new key;
+    keys computed before in the same run are dropped; other sources refuse with a hint."""
+    (tmp_path / "rootfs.tar").write_bytes(b"")
+    (tmp_path / "images.toml").write_text(
+        f'[build]\nartifacts = "{tmp_path / "artifacts"}"\n'
+        '[images.deb]\nsource = "debian"\ndotfiles = ""\n'
+        '[images.tar]\nsource = "tarball"\ndotfiles = ""\n[images.tar.tarball]\n'
+        'path = "rootfs.tar"\n')
+    run = stages.open_run(config.load(tmp_path / "images.toml"), 1_700_000_000)
+    deb = run.config.image("deb")
+    before = stages.key(run, stages.BASE, deb)
+    assert "refreshed" not in before.inputs, "never refreshed: the key it always had"
+    stamp = stages.refresh(run, deb)
+    after = stages.key(run, stages.BASE, deb)
+    assert after.inputs["refreshed"] == stamp and after.key != before.key
+    again = stages.open_run(config.load(tmp_path / "images.toml"), 1_700_000_000)
+    assert stages.key(again, stages.BASE, again.config.image("deb")).key == after.key
+    with pytest.raises(PipelineError) as e:
+        stages.refresh(run, run.config.image("tar"))
+    assert "a tarball base cannot be refreshed" in e.value.message
+    assert "nix flake update" in (e.value.hint or "")

@@ -3,12 +3,14 @@ broken workflow (so a pass means something)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.support.tools import tool_missing
+from tests.support.workflow import workflow_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -36,6 +38,24 @@ def test_the_workflow_exists_and_runs_the_readme_commands() -> None:
     assert ".venv/bin/doit build:baguette build:lxc publish" in text
     assert "doit publish --verify" in text
     assert "startsWith(github.ref, 'refs/tags/v')" in text
+    assert "doit refresh:all" in text, "the monthly run refreshes the bases"
+    assert "python3 -m pipeline.publish.pkgdiff" in text, "releases carry a package diff"
+    assert "-manifest.json" in text and "find site/images -mindepth 3" in text, (
+        "every file of each version (both image kinds, the manifest) is released")
+
+
+def test_the_workflow_pins_caches_and_refreshes() -> None:
+    assert workflow_problems(WORKFLOWS[0].read_text()) == []
+
+
+def test_the_pin_and_credential_checks_catch_a_loose_workflow() -> None:
+    text = WORKFLOWS[0].read_text()
+    loose = re.sub(r"actions/checkout@[0-9a-f]{40}", "actions/checkout@v4", text, count=1)
+    loose = loose.replace("persist-credentials: false", "fetch-depth: 1", 1)
+    loose = loose.replace('cron: "17 4 1 * *"', 'cron: "17 4 * * *"')
+    assert workflow_problems(loose) == ["not pinned by commit: actions/checkout@v4",
+                                        "a checkout keeps its credentials",
+                                        "no monthly schedule"]
 
 
 def test_actionlint_passes_on_the_workflows() -> None:

@@ -61,7 +61,7 @@ from ..core import userns
 from ..core.errors import PipelineError
 from ..core.fsutil import work_tempdir
 from ..core.log import info, step
-from ..core.run import require_version, run, tool_version
+from ..core.run import log_command, require_version, run, tool_version
 from ..core.tarballs import member_path, plain_tar
 from ..store.keys import StageInputs
 from ..vmhelper.qemu import Disk, Guest
@@ -290,9 +290,10 @@ def _host_side_in_userns(job: HostJob) -> dict[str, Any]:
     work = Path(job.work)
     request, result = work / "host-job.json", work / "host-result.json"
     request.write_text(json.dumps(asdict(job)))
-    proc = subprocess.run(userns.argv([sys.executable, "-m", "pipeline.baguette.pack",
-                                       str(request), str(result)]),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    argv = userns.argv([sys.executable, "-m", "pipeline.baguette.pack", str(request),
+                        str(result)])
+    log_command(argv)
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     sys.stderr.write(proc.stderr.decode(errors="replace"))  # its step lines
     try:
         out: dict[str, Any] = json.loads(result.read_text())

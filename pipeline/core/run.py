@@ -12,11 +12,14 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import ToolError
+from .log import Status, showing_progress
 
 log = logging.getLogger("pipeline.run")
 
@@ -121,6 +124,12 @@ def require_version(tool: str) -> str:
     return path
 
 
+def log_command(argv: Sequence[str | os.PathLike[str]]) -> None:
+    """The debug line of a command the pipeline runs (`--debug`), for callers that start
+    processes themselves (QEMU, Nix, the user-namespace helper)."""
+    log.debug("run: %s", " ".join(str(a) for a in argv))
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -132,30 +141,31 @@ def run(
     capture_stdout: bool = False,
     timeout: float | None = None,
     hint: str = "",
+    progress: str = "",
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv[0] (looked up with `require`), raising ToolError with its stderr on failure.
 
     `stdin`/`stdout` may be open files, so large streams never pass through Python.
+    `progress` names a status line shown while it runs (on a terminal only): the bytes it
+    has read of a `stdin` file, and its newest stderr line.
     """
     args = [str(a) for a in argv]
     args[0] = require(args[0]) if "/" not in args[0] else args[0]
-    log.debug("run: %s", " ".join(args))
+    log_command(args)
     full_env = None
     if env is not None:
         full_env = dict(os.environ)
         full_env.update(env)
+    streams = {"cwd": cwd, "env": full_env,
+               "stdin": None if input is not None else (stdin or subprocess.DEVNULL),
+               "stdout": subprocess.PIPE if capture_stdout else (stdout or subprocess.DEVNULL),
+               "stderr": subprocess.PIPE}
     try:
-        proc = subprocess.run(
-            args,
-            cwd=cwd,
-            env=full_env,
-            input=input,
-            stdin=None if input is not None else (stdin or subprocess.DEVNULL),
-            stdout=subprocess.PIPE if capture_stdout else (stdout or subprocess.DEVNULL),
-            stderr=subprocess.PIPE,
-            timeout=timeout,
-            check=False,
-        )
+        if progress and input is None and not capture_stdout and showing_progress():
+            proc = _run_showing(args, streams, stdin, timeout, progress)
+        else:
+            proc = subprocess.run(args, input=input, timeout=timeout, check=False,
+                                  **streams)  # type: ignore[call-overload]
     except subprocess.TimeoutExpired as exc:
         raise ToolError(
             f"{Path(args[0]).name} did not finish within {timeout:.0f} s",
@@ -171,3 +181,45 @@ def run(
             stderr=stderr,
         )
     return proc
+
+
+def _run_showing(args: list[str], streams: Mapping[str, Any], stdin: IO[bytes] | None,
+                 timeout: float | None, desc: str) -> subprocess.CompletedProcess[bytes]:
+    """subprocess.run with a status line: stderr is read line by line (and kept whole for
+    the error), the offset of a `stdin` file (shared with the child) is the bytes done."""
+    try:
+        total = os.fstat(stdin.fileno()).st_size if stdin is not None else 0
+    except (OSError, ValueError):
+        total = 0
+    status = Status(desc, total)
+    lines: list[bytes] = []
+    proc = subprocess.Popen(args, **streams)  # type: ignore[call-overload]
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            lines.append(raw)
+            status.line(raw.decode(errors="replace"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    raise
+            if total and stdin is not None:
+                status.position(os.lseek(stdin.fileno(), 0, os.SEEK_CUR))
+        reader.join()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        status.close()
+    return subprocess.CompletedProcess(args, proc.returncode, None, b"".join(lines))

@@ -66,7 +66,7 @@ def inputs(rootfs_key: str, opts: Options, props: Properties,
 
 def _xz(src: Path, out: Path, level: int) -> None:
     with atomic_path(out) as tmp, open(src, "rb") as i, open(tmp, "wb") as o:
-        run(["xz", f"-{level}", "-T0", "-c"], stdin=i, stdout=o,
+        run(["xz", f"-{level}", "-T0", "-c"], stdin=i, stdout=o, progress=f"xz {src.name}",
             hint="xz could not compress the rootfs; is the disk full?")
 
 

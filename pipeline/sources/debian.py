@@ -19,6 +19,7 @@ import shlex
 from pathlib import Path
 
 from ..config import Image
+from ..core.log import showing_progress
 from ..core.run import run
 from ..store.hashing import FileHashMemo
 from ..store.keys import StageInputs
@@ -120,7 +121,8 @@ def make_base(image: Image, out: Path, si: StageInputs | None = None) -> None:
     tmp = out.with_name(f".{out.name}.partial.tar")
     try:
         run([
-            "mmdebstrap", "--quiet",
+            # its phases (I: lines) are the status line on a terminal; quiet otherwise
+            "mmdebstrap", *([] if showing_progress() else ["--quiet"]),
             f"--variant={d.variant}",
             f"--architectures={DEB_ARCH[image.arch]}",
             f"--include={','.join(packages(image))}",
@@ -131,7 +133,8 @@ def make_base(image: Image, out: Path, si: StageInputs | None = None) -> None:
             d.suite, tmp,
             f"deb {mirror(image)} {d.suite} main",
         ], hint=f"mmdebstrap could not build {d.suite}; check the mirror "
-                f"({mirror(image)}) and the package names in images.{image.name}.debian")
+                f"({mirror(image)}) and the package names in images.{image.name}.debian",
+            progress="mmdebstrap")
         tmp.rename(out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,5 +1,9 @@
-"""`doit check:nix`: is the `nix/` flake sound? Every .nix file must parse, then
+"""`doit check:nix`: are the user's flakes sound? Every .nix file must parse, then
 `nix flake check` evaluates every NixOS configuration and module in it.
+
+The flakes checked (`flakes`): the local flakes the config's `nix` images build from, and a
+flake.nix beside images.toml; with neither, the package's own (nix/: its modules, the
+sample host, the template).
 
 `nix flake check` needs the flake's inputs (nixpkgs): where they cannot be fetched (no
 network, no flake.lock yet) the check says so and fails; it never reports a check that did
@@ -11,8 +15,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from ..config import Config
 from ..core.errors import PipelineError
-from ..core.log import info
+from ..core.log import info, step
+from ..core.paths import nix_dir
 from ..core.run import require
 from .nixcli import OFFLINE, run_nix, too_old_for_nixpkgs, trim_error
 
@@ -63,3 +69,18 @@ def check(flake_dir: Path) -> None:
     info(f"{len(files)} .nix files parse")
     flake_check(flake_dir)
     info("nix flake check passed")
+
+
+def flakes(config: Config) -> list[Path]:
+    """The flake directories `doit check:nix` checks for this config (see above)."""
+    found = [Path(i.nix.flake) for i in config.images.values()
+             if i.nix is not None and Path(i.nix.flake).is_absolute()]
+    if (config.path.parent / "flake.nix").is_file():
+        found.append(config.path.parent.resolve())
+    return list(dict.fromkeys(found)) or [nix_dir()]
+
+
+def check_all(config: Config) -> None:
+    for flake_dir in flakes(config):
+        with step(f"Checking the flake {flake_dir}"):
+            check(flake_dir)

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..core.errors import PipelineError, ToolError
 from ..core.log import info, progress
-from ..core.run import require, tool_version
+from ..core.run import log_command, require, tool_version
 
 FEATURES = ["--extra-experimental-features", "nix-command flakes"]
 LOG_LINES = 25  # of a failed build's log, shown in the error
@@ -116,6 +116,7 @@ def too_old_for_nixpkgs(stderr: str, what: str) -> NixError | None:
 def run_nix(args: list[str], what: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """`nix [features] ARGS`, its output captured; a run over `timeout` is an error naming
     `what` (the caller reads the exit status)."""
+    log_command([nix(), *FEATURES, *args])
     try:
         return subprocess.run([nix(), *FEATURES, *args], capture_output=True, text=True,
                               timeout=timeout, check=False)
@@ -219,6 +220,7 @@ def build(drv_paths: list[str], *, timeout: float = 6 * 3600) -> dict[str, dict[
     argv = build_command(drv_paths, version())
     with progress(0, "nix build", unit="drv") as bar:
         log = _BuildLog(bar)
+        log_command(argv)
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, errors="replace")
         assert proc.stderr is not None and proc.stdout is not None

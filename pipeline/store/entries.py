@@ -181,7 +181,13 @@ class Store:
         """Take a damaged entry out of the store (under its key's lock), saying why."""
         warn(f"{entry.parent.name} entry {entry.name} is damaged "
              f"({'; '.join(found[:3])}); removing it, to be built again")
-        aside = entry.parent / f".{entry.name}.damaged.{os.getpid()}.tmp"
+        Store.discard(entry, "damaged")
+
+    @staticmethod
+    def discard(entry: Path, why: str = "rebuilt") -> None:
+        """Take an entry out of the store (under its key's lock), to be built again: the
+        stable names and a published tree keep their files (hard links)."""
+        aside = entry.parent / f".{entry.name}.{why}.{os.getpid()}.tmp"
         os.rename(entry, aside)
         shutil.rmtree(aside, ignore_errors=True)
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from ..config import Accel
 from ..core.errors import GuestError
-from ..core.log import warn
-from ..core.run import require_version
+from ..core.log import Status, warn
+from ..core.run import log_command, require_version
 from .appliance import Appliance
 
 
@@ -183,10 +183,12 @@ def _run_qemu(argv: list[str], log_path: Path, timeout: float,
 
 def _wait_qemu(argv: list[str], log_path: Path, timeout: float,
                deadline: float) -> tuple[int | None, str, bool]:
+    log_command(argv)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
     start = time.monotonic()
     booted = False
+    status = Status("guest")  # its @@STEP lines as they arrive (on a terminal)
     try:
         while True:
             try:
@@ -195,11 +197,16 @@ def _wait_qemu(argv: list[str], log_path: Path, timeout: float,
             except subprocess.TimeoutExpired:
                 pass
             elapsed = time.monotonic() - start
-            if not booted:
-                booted = b"@@BOOTED" in log_path.read_bytes()
+            if not booted or status.enabled:
+                console = log_path.read_bytes()
+                booted = booted or b"@@BOOTED" in console
+                steps = console.rsplit(b"@@STEP ", 1)
+                if len(steps) == 2:
+                    status.line(steps[1].split(b"\n", 1)[0].decode(errors="replace"))
             if elapsed > timeout or (not booted and elapsed > deadline):
                 return None, "", booted
     finally:
+        status.close()
         if proc.poll() is None:
             proc.kill()
             proc.communicate()

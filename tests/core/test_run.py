@@ -142,3 +142,34 @@ def test_tool_version_reads_what_tools_print(tmp_path: Path, printed: str,
     tool.write_text(f"#!/bin/sh\necho '{printed}'\n")
     tool.chmod(0o755)
     assert run_mod.tool_version(str(tool)) == expected
+
+
+def _showing(monkeypatch: pytest.MonkeyPatch, on: bool) -> None:
+    from pipeline.core import log
+    monkeypatch.setattr(log, "showing_progress", lambda: on)
+    monkeypatch.setattr(run_mod, "showing_progress", lambda: on)
+
+
+def test_progress_shows_the_tools_lines_and_bytes_on_a_terminal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _showing(monkeypatch, True)
+    run(["sh", "-c", "echo 'I: phase one' >&2; echo 'I: phase two' >&2"], progress="demo")
+    err = capsys.readouterr().err
+    assert "demo" in err and "I: phase two" in err
+    data = tmp_path / "data"
+    data.write_bytes(b"x" * 3 * 2**20)
+    with open(data, "rb") as f, open(tmp_path / "out", "wb") as o:
+        run(["sh", "-c", "sleep 0.5; cat"], stdin=f, stdout=o, progress="copying")
+    assert "copying" in capsys.readouterr().err
+    assert (tmp_path / "out").stat().st_size == 3 * 2**20
+    with pytest.raises(ToolError) as e:  # stderr read for the bar is still the error's
+        run(["sh", "-c", "echo 'E: no such package' >&2; exit 3"], progress="demo")
+    assert "E: no such package" in str(e.value) and "exit 3" in str(e.value)
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _showing(monkeypatch, False)
+    run(["sh", "-c", "echo 'I: phase' >&2"], progress="demo")
+    assert capsys.readouterr().err == ""

@@ -29,7 +29,8 @@ def test_every_nix_file_parses(nix_env: None) -> None:  # noqa: F811
     files = nixcheck.parse_all(NIX_DIR)
     names = {p.relative_to(NIX_DIR).as_posix() for p in files}
     assert {"flake.nix", "hosts/sample.nix", "modules/chromeos-guest.nix",
-            "modules/crostini.nix", "modules/baguette.nix", "modules/dotfiles.nix"} <= names
+            "modules/crostini.nix", "modules/baguette.nix", "modules/dotfiles.nix",
+            "template/flake.nix", "template/host.nix"} <= names
 
 
 def test_a_syntax_error_is_reported_with_its_file(tmp_path: Path, nix_env: None) -> None:  # noqa: F811
@@ -90,7 +91,9 @@ def test_the_flake_offers_both_kinds_for_both_architectures(tmp_path: Path,
         return json.loads(proc.stdout)
 
     out = {"hosts": output("nixosConfigurations", "cs: cs"),
-           "modules": output("nixosModules", "builtins.mapAttrs (n: m: baseNameOf m)")}
+           "modules": output("nixosModules", "builtins.mapAttrs (n: m: baseNameOf m)"),
+           "templates": output("templates", "builtins.mapAttrs (n: t: baseNameOf t.path)")}
+    assert out["templates"] == {"default": "template"}
     assert out["modules"] == {"crostini": "crostini.nix", "baguette": "baguette.nix",
                               "chromeos-guest": "chromeos-guest.nix",
                               "dotfiles": "dotfiles.nix"}
@@ -422,3 +425,38 @@ def test_the_flake_carries_no_secret(tmp_path: Path) -> None:
     text = "\n".join(p.read_text() for p in nixcheck.nix_files(NIX_DIR))
     assert "hashedPassword = \"!\";" in text
     assert "initialHashedPassword = lib.mkForce null;" in text
+
+
+def test_the_template_is_a_config_repository(tmp_path: Path) -> None:
+    """`nix flake init -t` copies nix/template: its images.toml loads as it is, its images
+    build the template's own flake, and check:nix checks that flake."""
+    import shutil
+
+    from pipeline import config
+
+    repo = tmp_path / "mine"
+    shutil.copytree(NIX_DIR / "template", repo)
+    cfg = config.load(repo / "images.toml")
+    assert {n: (i.nix.flake, i.nix.host) for n, i in cfg.images.items() if i.nix} == {
+        "vm": (str(repo), "baguette"), "container": (str(repo), "crostini")}
+    assert nixcheck.flakes(cfg) == [repo]
+    assert (repo / "dotfiles" / ".bashrc").is_file()
+
+
+def test_check_nix_checks_the_users_flake(tmp_path: Path, nix_env: None) -> None:  # noqa: F811
+    """A flake beside images.toml is the one checked (not the package's): a syntax error in
+    the user's module fails check:nix naming that file."""
+    from pipeline import config
+
+    (tmp_path / "rootfs.tar").write_bytes(b"")
+    (tmp_path / "images.toml").write_text(
+        '[images.t]\nsource = "tarball"\ndotfiles = ""\n[images.t.tarball]\npath = "rootfs.tar"\n')
+    cfg = config.load(tmp_path / "images.toml")
+    assert nixcheck.flakes(cfg) == [NIX_DIR.resolve()], "no flake of the user's: the package's"
+    (tmp_path / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    (tmp_path / "host.nix").write_text("{ pkgs, ... }: { broken = ; }\n")
+    cfg = config.load(tmp_path / "images.toml")
+    assert nixcheck.flakes(cfg) == [tmp_path]
+    with pytest.raises(PipelineError) as e:
+        nixcheck.check_all(cfg)
+    assert f"{tmp_path / 'host.nix'}:" in str(e.value)
