@@ -34,8 +34,12 @@ VENV = ROOT / ".venv"
 PACKAGES = [
     "qemu-system-x86", "qemu-utils", "btrfs-progs", "busybox-static", "zstd", "libmagic1",
     "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
-    "xz-utils", "squashfs-tools-ng",
+    "xz-utils", "squashfs-tools-ng", "qemu-system-arm", "qemu-user-static", "binfmt-support",
+    "arch-test",
 ]  # uidmap: mmdebstrap's unshare mode, used when the build does not run as root
+# qemu-system-arm: aarch64 guests (qemu-system-aarch64 -M virt); qemu-user-static and
+# binfmt-support: the maintainer scripts of a foreign-architecture Debian rootfs (mmdebstrap;
+# arch-test: how mmdebstrap checks that the host runs them)
 # the secret scan's rule set (pipeline/rootfs/secrets.py): Debian packages it from trixie on,
 # so on bookworm that one package comes from trixie (it needs only libc6 >= 2.34)
 GITLEAKS = "gitleaks"
@@ -197,6 +201,27 @@ def install_gitleaks() -> None:
                         str(deb)], check=True, env=env)
 
 
+def register_foreign_binaries() -> None:
+    """qemu-user for aarch64 through binfmt_misc, so that an x86_64 host can build aarch64
+    Debian images (their maintainer scripts run under qemu-user); a host that forbids it (an
+    unprivileged container) is told so, and everything else still works."""
+    from .core import binfmt
+    from .core.arch import ARCHES, host_arch
+
+    for a in ARCHES.values():
+        if a is host_arch():
+            continue
+        why = binfmt.register(a) if os.geteuid() == 0 else binfmt.problem(a)
+        if why is None:
+            print(f"setup: {a.name} programs run here through qemu-user "
+                  f"(binfmt_misc {binfmt.handler_name(a)})")
+        else:
+            print(f"setup: {a.name} Debian images cannot be built here: {why}; run the "
+                  "set-up as root on a host that allows binfmt_misc (a privileged container "
+                  "or the machine itself), or build them on an aarch64 machine",
+                  file=sys.stderr)
+
+
 def ensure_venv(extras: str) -> None:
     stamp = VENV / ".installed"
     def digest(e: str) -> str:
@@ -231,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         install_packages(PACKAGES + nix_packages() + (TEST_PACKAGES if args.tests else []))
         install_gitleaks()
+        register_foreign_binaries()
     ensure_venv("test" if args.tests else "")
     return 0
 
