@@ -25,6 +25,7 @@ from pipeline.sources import debian
 from pipeline.vmhelper import elfdeps
 from pipeline.vmhelper.appliance import Appliance
 from pipeline.vmhelper.qemu import qemu_argv, second_serial_device
+from tests.support.nixflake import nix_env  # noqa: F401 (fixture)
 from tests.support.projects import enrich, lxc_outputs
 from tests.support.rootfs import busybox_rootfs, elf_header
 
@@ -264,3 +265,69 @@ def test_lxc_metadata_and_the_index_serve_arm64_beside_amd64(tmp_path: Path) -> 
     assert item.path == "images/tiny-arm/aarch64/20261124_0800/metadata.tar.xz"
     index = json.loads((root / "streams/v1/index.json").read_text())
     assert sorted(index["index"]["images"]["products"]) == sorted(p.name for p in products)
+
+
+# --- nix: the configuration's system ---------------------------------------------------------
+
+ARM_FLAKE = r"""{ outputs = { self }: {
+  nixosConfigurations.armhost.config = {
+    nixpkgs.hostPlatform.system = "aarch64-linux";
+    chromeos.guest.kind = "baguette";
+    system.build.tarball = derivation {
+      name = "arm-rootfs"; system = "aarch64-linux"; builder = "/bin/sh";
+      args = [ "-c" ("/bin/mkdir -p r/sbin $out/tarball && /bin/echo '#!/bin/sh' > r/sbin/init"
+        + " && /bin/chmod 755 r/sbin/init && /bin/tar -C r -cf $out/tarball/rootfs.tar .") ];
+    };
+  };
+}; }
+"""
+
+
+def nix_project(tmp_path: Path, arch: str) -> stages.Run:
+    from tests.support.nixflake import write_flake
+
+    write_flake(tmp_path / "flake", flake_nix=ARM_FLAKE)
+    (tmp_path / "images.toml").write_text(f"""
+[build]
+artifacts = "{tmp_path / 'artifacts'}"
+[images.arm]
+source = "nix"
+arch = "{arch}"
+[images.arm.nix]
+flake = "flake"
+host = "armhost"
+""")
+    return stages.open_run(config.load(tmp_path / "images.toml"), 1)
+
+
+def test_nix_configuration_of_the_other_architecture_is_refused(
+        tmp_path: Path, nix_env: None) -> None:  # noqa: F811
+    run = nix_project(tmp_path, "x86_64")
+    with pytest.raises(PipelineError) as exc:
+        stages.key(run, stages.BASE, run.config.image("arm"))
+    assert exc.value.message == ("images.arm: nixosConfigurations.armhost is for "
+                                 "aarch64-linux, but arch = 'x86_64' (x86_64-linux)")
+    assert "sample-<kind>-aarch64" in exc.value.hint
+
+
+def test_nix_says_what_it_needs_to_build_aarch64_then_builds_with_it(
+        tmp_path: Path, nix_env: None, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from tests.support.nixflake import NIX_TEST_CONFIG
+
+    run = nix_project(tmp_path, "aarch64")
+    image = run.config.image("arm")
+    assert stages.key(run, stages.BASE, image).inputs["system"] == "aarch64-linux"
+    with pytest.raises(PipelineError) as exc:
+        stages.build(run, stages.BASE, image)
+    assert exc.value.message.startswith(
+        "images.arm: its configuration is built for aarch64-linux, which this Nix (system "
+        "x86_64-linux, extra-platforms: ")
+    assert "\n" not in exc.value.message and "\n" not in exc.value.hint
+    assert "`extra-platforms = aarch64-linux`" in exc.value.hint
+    assert "binfmt_misc" in exc.value.hint and "builders = ssh://" in exc.value.hint
+    assert not list((tmp_path / "artifacts" / "store" / "base").glob("[!.]*"))
+
+    monkeypatch.setenv("NIX_CONFIG", NIX_TEST_CONFIG + "\nextra-platforms = aarch64-linux")
+    entry = stages.build(run, stages.BASE, image)
+    with tarfile.open(entry / "base.tar") as tf:
+        assert "./sbin/init" in tf.getnames()

@@ -1,0 +1,44 @@
+"""A tiny aarch64 Debian image for the aarch64 tests, and the arm64 tool tree.
+
+The image is the smallest one the ChromeOS conformance checks pass on: minbase, systemd-sysv,
+the guest packages every ChromeOS image gets, and sudo (the `sudo` check); no dotfiles. It is
+built from the Debian mirror by mmdebstrap `--architectures=arm64` (maintainer scripts under
+qemu-user), so the tests using it are marked `network` and `vm`, and share one build and one
+boot through session fixtures (tests/e2e/test_aarch64.py). No pytest here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.core.arch import AARCH64
+from pipeline.hostsetup import codename
+from pipeline.sources.debian import host_mirror
+from pipeline.vmhelper import toolroot
+from pipeline.vmhelper.accel import verdict_dir
+
+IMAGE = "tiny-arm"
+
+
+def write_project(root: Path) -> Path:
+    (root / "images.toml").write_text(f"""
+[build]
+accel = "tcg"
+artifacts = "{root / 'artifacts'}"
+
+[images.{IMAGE}]
+description = "tiny aarch64 Debian (tests)"
+source = "debian"
+arch = "aarch64"
+dotfiles = ""
+[images.{IMAGE}.debian]
+variant = "minbase"
+packages = ["sudo"]
+""")
+    return root / "images.toml"
+
+
+def arm64_tools() -> toolroot.ToolRoot:
+    """The arm64 tool tree the pipeline uses for verify on this host (made once per user)."""
+    suite = codename() or "bookworm"
+    return toolroot.ToolRoot(AARCH64, toolroot.ensure_tree(AARCH64, verdict_dir(), suite,
+                                                           host_mirror(suite)))
