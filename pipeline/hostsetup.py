@@ -13,6 +13,10 @@ bookworm-backports to apt, pinned so that only btrfs-progs comes from it
 (/etc/apt/preferences.d/cros-guest-pipeline), and installs it from there: apt checks its
 signature and upgrades it with the system. Elsewhere the installed version is used as it is
 (older ones pack through the guest's snapshot).
+
+aarch64 images (docs/aarch64.md): qemu-system-arm, and qemu-user-static with binfmt-support so
+that mmdebstrap can run an arm64 tree's maintainer scripts; set-up registers the handler
+(mounting binfmt_misc first if needed) and says so in one line when the host forbids it.
 """
 
 from __future__ import annotations

@@ -58,3 +58,20 @@ def test_apt_sources_are_read_in_both_formats(tmp_path: Path) -> None:
     os_release = tmp_path / "os-release"
     os_release.write_text('NAME="Debian"\nVERSION_CODENAME=bookworm\n')
     assert hostsetup.codename(os_release) == "bookworm"
+
+
+def test_a_host_that_forbids_binfmt_misc_is_told_so(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Set-up goes on (x86_64 images still build) but says in one line why aarch64 Debian
+    images cannot, and what to do."""
+    from pipeline.core import binfmt
+
+    monkeypatch.setattr(hostsetup.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(binfmt, "register", lambda a: "binfmt_misc cannot be mounted at "
+                        "/proc/sys/fs/binfmt_misc: permission denied")
+    hostsetup.register_foreign_binaries()
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith("setup: aarch64 Debian images cannot be built here: binfmt_misc "
+                          "cannot be mounted at /proc/sys/fs/binfmt_misc: permission denied;")
+    assert "privileged container" in err
