@@ -142,15 +142,15 @@ def guest_for(run: Run, image: Image) -> Guest:
     a = arch(image.arch)
     if a is host_root().arch:
         return guest(run)
-    if a.name not in run.foreign:
-        suite = codename() or "bookworm"
-        tools = toolroot.for_arch(a, verdict_dir(), suite, host_mirror(suite))
-        run.foreign[a.name] = appliance_mod.ensure(run.store, None, run.memo, tools)
     b = run.config.build
     if b.accel is Accel.KVM:
         raise PipelineError(f"build.accel = \"kvm\" but images.{image.name} is {a.name} on "
                             f"this {host_root().arch.name} host, which only QEMU's emulation "
                             "(TCG) runs", hint="set build.accel = \"auto\" or \"tcg\"")
+    if a.name not in run.foreign:
+        suite = codename() or "bookworm"
+        tools = toolroot.for_arch(a, verdict_dir(), suite, host_mirror(suite))
+        run.foreign[a.name] = appliance_mod.ensure(run.store, None, run.memo, tools)
     reason = f"an {a.name} guest on an {host_root().arch.name} host is emulated"
     info(f"accelerator: tcg ({reason})")
     return Guest(run.foreign[a.name], Accel.TCG, b.vm_timeout, memory_mib(b.vm_memory),

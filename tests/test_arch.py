@@ -331,3 +331,15 @@ def test_nix_says_what_it_needs_to_build_aarch64_then_builds_with_it(
     entry = stages.build(run, stages.BASE, image)
     with tarfile.open(entry / "base.tar") as tf:
         assert "./sbin/init" in tf.getnames()
+
+
+def test_kvm_for_a_guest_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    cfg = config.parse(f'[build]\naccel = "kvm"\nartifacts = "{tmp_path / "a"}"\n'
+                       '[images.x]\nsource = "debian"\ndotfiles = ""\narch = "aarch64"\n',
+                       tmp_path / "images.toml")
+    run = stages.open_run(cfg, 1)
+    with pytest.raises(PipelineError) as exc:
+        stages.guest_for(run, cfg.image("x"))
+    assert exc.value.message == ('build.accel = "kvm" but images.x is aarch64 on this x86_64 '
+                                 "host, which only QEMU's emulation (TCG) runs")
+    assert run.foreign == {}

@@ -32,7 +32,7 @@ from tests.support.lxd import LXD, lxd  # noqa: F401 (the fixture)
 from tests.support.readback import inspect_image
 from tests.support.tools import require_vm
 
-pytestmark = [pytest.mark.vm, pytest.mark.network]
+pytestmark = [pytest.mark.vm, pytest.mark.network, pytest.mark.aarch64]
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +74,9 @@ def test_verify_boots_it_under_qemu_system_aarch64(arm_run: stages.Run) -> None:
     image = arm_run.config.image(IMAGE)
     stages.boot_test(arm_run, image)  # raises with the failed checks' names
     console = arm_run.layout.console_log(IMAGE, "conformance").read_text(errors="replace")
-    assert "Machine model: linux,dummy-virt" in console  # QEMU's virt board
+    assert "systemd[1]:" in console  # the image's own init, on the virt board's PL011
+    assert arm_run.foreign["aarch64"].arch is AARCH64  # an aarch64 appliance booted it
+    assert stages.guest_for(arm_run, image).appliance.arch.qemu == "qemu-system-aarch64"
     results = arm_run.layout.console_log(IMAGE, "conformance").with_name(
         f"{IMAGE}.conformance.results.log")
     verdicts = results.read_text()

@@ -1,7 +1,8 @@
 """A tiny aarch64 Debian image for the aarch64 tests, and the arm64 tool tree.
 
 The image is the smallest one the ChromeOS conformance checks pass on: minbase, systemd-sysv,
-the guest packages every ChromeOS image gets, and sudo (the `sudo` check); no dotfiles. It is
+the guest packages every ChromeOS image gets, sudo (the `sudo` check) and btrfs-progs (maitred
+grows the filesystem with `btrfs`: the `resize` check); no dotfiles. It is
 built from the Debian mirror by mmdebstrap `--architectures=arm64` (maintainer scripts under
 qemu-user), so the tests using it are marked `network` and `vm`, and share one build and one
 boot through session fixtures (tests/e2e/test_aarch64.py). No pytest here."""
@@ -32,7 +33,7 @@ arch = "aarch64"
 dotfiles = ""
 [images.{IMAGE}.debian]
 variant = "minbase"
-packages = ["sudo"]
+packages = ["btrfs-progs", "sudo"]
 """)
     return root / "images.toml"
 
