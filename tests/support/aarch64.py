@@ -34,6 +34,8 @@ dotfiles = ""
 [images.{IMAGE}.debian]
 variant = "minbase"
 packages = ["btrfs-progs", "sudo"]
+[images.{IMAGE}.lxc]
+compression_level = 0
 """)
     return root / "images.toml"
 
