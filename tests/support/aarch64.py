@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.core import binfmt
 from pipeline.core.arch import AARCH64
+from pipeline.core.run import which
 from pipeline.hostsetup import codename
 from pipeline.sources.debian import host_mirror
 from pipeline.vmhelper import toolroot
@@ -38,6 +40,14 @@ packages = ["btrfs-progs", "sudo"]
 compression_level = 0
 """)
     return root / "images.toml"
+
+
+def aarch64_missing() -> str | None:
+    """What this host lacks to build and boot aarch64 guests, or None."""
+    if which(AARCH64.qemu) is None:
+        return f"{AARCH64.qemu} is not installed ({AARCH64.qemu_package})"
+    why = binfmt.problem(AARCH64)
+    return f"qemu-user cannot run aarch64 programs here: {why}" if why else None
 
 
 def arm64_tools() -> toolroot.ToolRoot:
