@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -37,7 +38,9 @@ VENV = ROOT / ".venv"
 
 PACKAGES = [
     "qemu-system-x86", "qemu-utils", "btrfs-progs", "busybox-static", "zstd", "libmagic1",
-    "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
+    "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar",
+    # the VM helper's kernel: the host's own architecture (an ARM host packs with arm64 tools)
+    "linux-image-arm64" if platform.machine() == "aarch64" else "linux-image-amd64",
     "xz-utils", "squashfs-tools-ng", "qemu-system-arm", "qemu-user-static", "binfmt-support",
     "arch-test",
 ]  # uidmap: mmdebstrap's unshare mode, used when the build does not run as root
