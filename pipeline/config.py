@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .core.arch import ARCHES as _ARCHES
 from .core.errors import ConfigError
 from .store.layout import CACHE, LOGS, PUBLISH, RESERVED, STORE, TMP
 
@@ -33,7 +34,7 @@ class SourceKind(enum.Enum):
     NIX = "nix"
 
 
-ARCHES = ("x86_64",)
+ARCHES = tuple(_ARCHES)  # core/arch.py: every name each one goes by
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -85,7 +86,9 @@ IMAGE_SETTINGS = (
             "Where the base rootfs comes from: `debian` (mmdebstrap), `tarball` (a file), "
             "`nix` (a NixOS configuration in a flake)."),
     Setting("description", "str", "", "Free text shown in listings and metadata."),
-    Setting("arch", "enum:x86_64", "x86_64", "Guest architecture."),
+    Setting("arch", f"enum:{','.join(ARCHES)}", "x86_64",
+            "Guest architecture (`aarch64` for ARM Chromebooks; built on any host, see "
+            "docs/aarch64.md)."),
     Setting("hostname", "str", "", "The guest's /etc/hostname; default: the image name."),
     Setting("dotfiles", "path", "dotfiles",
             "A directory overlaid into the user's home, owned by the user; '' for none."),

@@ -14,6 +14,10 @@ bookworm-backports to apt, pinned so that only btrfs-progs comes from it
 (/etc/apt/preferences.d/cros-guest-pipeline), and installs it from there: apt checks its
 signature and upgrades it with the system. Elsewhere the installed version is used as it is
 (older ones pack through the guest's snapshot).
+
+aarch64 images (docs/aarch64.md): qemu-system-arm, and qemu-user-static with binfmt-support so
+that mmdebstrap can run an arm64 tree's maintainer scripts; set-up registers the handler
+(mounting binfmt_misc first if needed) and says so in one line when the host forbids it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -34,9 +39,15 @@ VENV = ROOT / ".venv"
 
 PACKAGES = [
     "qemu-system-x86", "qemu-utils", "btrfs-progs", "busybox-static", "zstd", "libmagic1",
-    "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar", "linux-image-amd64",
-    "xz-utils", "squashfs-tools-ng", "python3-venv",
+    "mmdebstrap", "uidmap", "cpio", "e2fsprogs", "kmod", "tar",
+    # the VM helper's kernel: the host's own architecture (an ARM host packs with arm64 tools)
+    "linux-image-arm64" if platform.machine() == "aarch64" else "linux-image-amd64",
+    "xz-utils", "squashfs-tools-ng", "qemu-system-arm", "qemu-user-static", "binfmt-support",
+    "arch-test", "python3-venv",
 ]  # uidmap: mmdebstrap's unshare mode, used when the build does not run as root
+# qemu-system-arm: aarch64 guests (qemu-system-aarch64 -M virt); qemu-user-static and
+# binfmt-support: the maintainer scripts of a foreign-architecture Debian rootfs (mmdebstrap;
+# arch-test: how mmdebstrap checks that the host runs them)
 # the secret scan's rule set (pipeline/rootfs/secrets.py): Debian packages it from trixie on,
 # so on bookworm that one package comes from trixie (it needs only libc6 >= 2.34)
 GITLEAKS = "gitleaks"
@@ -200,6 +211,28 @@ def install_gitleaks() -> None:
                         str(deb)], check=True, env=env)
 
 
+def register_foreign_binaries() -> None:
+    """qemu-user for aarch64 through binfmt_misc, so that an x86_64 host can build aarch64
+    Debian images (their maintainer scripts run under qemu-user); a host that forbids it (an
+    unprivileged container) is told so, and everything else still works."""
+    from .core import binfmt
+    from .core.arch import ARCHES, host_arch
+
+    for a in ARCHES.values():
+        if a is host_arch():
+            continue
+        why = binfmt.register(a) if os.geteuid() == 0 else binfmt.problem(a)
+        if why is None:
+            print(f"setup: {a.name} programs run here through qemu-user "
+                  f"(binfmt_misc {binfmt.handler_name(a)})")
+        else:
+            print(f"setup: {a.name} Debian images cannot be built here: {why}; run the "
+                  "set-up as root on a host that allows binfmt_misc (a privileged container "
+                  "or the machine itself), or build them on an aarch64 machine",
+                  file=sys.stderr)
+
+
+
 def has_pip(venv_dir: Path) -> bool:
     """The venv's python runs and has pip (a venv whose creation failed half-way, e.g.
     without python3-venv's ensurepip, has a python and no pip)."""
@@ -251,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         install_packages(PACKAGES + nix_packages() + (TEST_PACKAGES if args.tests else []))
         install_gitleaks()
+        register_foreign_binaries()
     if args.no_venv or not (ROOT / "pyproject.toml").is_file():  # not a checkout: installed
         print("setup: Debian packages only (no .venv)")
         return 0

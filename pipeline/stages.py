@@ -30,18 +30,21 @@ from typing import Any
 
 from .baguette import check, compress, delta, pack
 from .baguette.boottest import boot_image
-from .config import Config, Image, SourceKind
+from .config import Accel, Config, Image, SourceKind
 from .conformance import baguette as conformance
 from .conformance import checks
 from .conformance.toolsdisk import dotfile_names
+from .core.arch import arch
 from .core.errors import PipelineError
 from .core.fsutil import atomic_write_bytes, hold_run_dir, remove_stale_run_dirs
 from .core.log import info, step, warn
 from .core.run import require_version
+from .hostsetup import codename
 from .lxc import image as lxc
 from .lxc.metadata import Properties
 from .rootfs import customize
 from .sources import lxd_metadata, source_for
+from .sources.debian import host_mirror
 from .sources.nix import wrong_kind
 from .store import gc
 from .store.entries import Store, link_output, problems
@@ -60,8 +63,10 @@ from .store.layout import (
 )
 from .store.remote import Remote, remote_for
 from .vmhelper import appliance as appliance_mod
+from .vmhelper import toolroot
 from .vmhelper.accel import choose, verdict_dir
 from .vmhelper.qemu import Guest, memory_mib
+from .vmhelper.toolroot import host_root
 
 IMAGE_NAME = "baguette_rootfs.img.zst"
 
@@ -81,6 +86,7 @@ class Run:
     memo: FileHashMemo
     keys: dict[tuple[str, str], StageInputs] = field(default_factory=dict)
     appliance: appliance_mod.Appliance | None = None
+    foreign: dict[str, appliance_mod.Appliance] = field(default_factory=dict)  # by arch
     work: Path | None = None
     held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     remote: Remote | None = None
@@ -142,6 +148,28 @@ def guest(run: Run) -> Guest:
     accel = choose(b.accel, app, verdict_dir())
     return Guest(app, accel.accel, b.vm_timeout, memory_mib(b.vm_memory), run.source_date_epoch,
                  accel.reason)
+
+
+def guest_for(run: Run, image: Image) -> Guest:
+    """The guest that boots the image itself: the host's VM helper for the host's
+    architecture, else an appliance of the image's architecture (made from its tool tree,
+    vmhelper/toolroot.py), always emulated."""
+    a = arch(image.arch)
+    if a is host_root().arch:
+        return guest(run)
+    b = run.config.build
+    if b.accel is Accel.KVM:
+        raise PipelineError(f"build.accel = \"kvm\" but images.{image.name} is {a.name} on "
+                            f"this {host_root().arch.name} host, which only QEMU's emulation "
+                            "(TCG) runs", hint="set build.accel = \"auto\" or \"tcg\"")
+    if a.name not in run.foreign:
+        suite = codename() or "bookworm"
+        tools = toolroot.for_arch(a, verdict_dir(), suite, host_mirror(suite))
+        run.foreign[a.name] = appliance_mod.ensure(run.store, None, run.memo, tools)
+    reason = f"an {a.name} guest on an {host_root().arch.name} host is emulated"
+    info(f"accelerator: tcg ({reason})")
+    return Guest(run.foreign[a.name], Accel.TCG, b.vm_timeout, memory_mib(b.vm_memory),
+                 run.source_date_epoch, reason)
 
 
 # --- the stages: key, then how to make the entry ------------------------------------------
@@ -282,7 +310,8 @@ def previous_pack(run: Run, image: Image) -> tuple[Path, Path] | None:
 
 
 def _make_pack(run: Run, image: Image, d: Path) -> dict[str, Any]:
-    for tool in ("mkfs.btrfs", "qemu-system-x86_64"):  # before the appliance copies them
+    # before the appliance is made: the host's own emulator packs every architecture's image
+    for tool in ("mkfs.btrfs", host_root().arch.qemu):
         require_version(tool)
     vm = guest(run)
     log = run.layout.console_log(image.name, "pack")
@@ -522,7 +551,7 @@ def boot_test(run: Run, image: Image) -> dict[str, str]:
     zst = run.layout.outputs(image.name) / IMAGE_NAME
     if not zst.is_file():
         raise PipelineError(f"{zst} does not exist", hint="run `doit build:baguette` first")
-    vm = guest(run)
+    vm = guest_for(run, image)
     nix = image.source is SourceKind.NIX
     if not (image.chromeos_integration or nix):
         return _plain_boot(run, image, zst, vm)

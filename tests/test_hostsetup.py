@@ -95,6 +95,7 @@ def test_no_venv_installs_the_packages_only(monkeypatch: pytest.MonkeyPatch) -> 
     asked: list[list[str]] = []
     monkeypatch.setattr(hostsetup, "install_packages", lambda names: asked.append(names))
     monkeypatch.setattr(hostsetup, "install_gitleaks", lambda: None)
+    monkeypatch.setattr(hostsetup, "register_foreign_binaries", lambda: None)
 
     def no_venv(*_args: object) -> None:
         raise AssertionError("a venv was made")
@@ -102,3 +103,20 @@ def test_no_venv_installs_the_packages_only(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(hostsetup, "ensure_venv", no_venv)
     assert hostsetup.main(["--no-venv"]) == 0
     assert asked and "python3-venv" in asked[0] and "lxd" not in asked[0]
+
+
+def test_a_host_that_forbids_binfmt_misc_is_told_so(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Set-up goes on (x86_64 images still build) but says in one line why aarch64 Debian
+    images cannot, and what to do."""
+    from pipeline.core import binfmt
+
+    monkeypatch.setattr(hostsetup.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(binfmt, "register", lambda a: "binfmt_misc cannot be mounted at "
+                        "/proc/sys/fs/binfmt_misc: permission denied")
+    hostsetup.register_foreign_binaries()
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith("setup: aarch64 Debian images cannot be built here: binfmt_misc "
+                          "cannot be mounted at /proc/sys/fs/binfmt_misc: permission denied;")
+    assert "privileged container" in err

@@ -24,11 +24,11 @@ from pipeline.store.keys import StageInputs
 from tests.support.rootfs import add_sbin_init
 
 PINNED_KEYS = {
-    "base": "4c59fb0e57d2f9a6db7af54ffa3361e7",
-    "rootfs": "b803c8930107d30b6c524f8c3dd89ee2",
-    "pack": "3ecaa128f92086a7a900490634c6d003",  # pack.VERSION 3: the mkfs subvolume route
-    "baguette": "7f9ab7d09b209772bbd8f19a6dde392f",
-    "lxc": "6cce11dac9a5b69a8639e6ef03379528",
+    "base": "71a480bf1393ad036c05c22ec56a13ab",  # tarball.VERSION 4: the tree's arch
+    "rootfs": "5c0d83798ac75c6c2911fcedd11668e5",
+    "pack": "92133e1f9f602e0a752b68ad19442084",  # pack.VERSION 3: the mkfs subvolume route
+    "baguette": "00b42dad820b1538adc5b64fb594d4c2",
+    "lxc": "e0b5aa3ce3c14b44fe8bc9bff3cb0f58",
 }
 FIXED_APPLIANCE = StageInputs("appliance", 1, {"fixed": "for the test"})
 

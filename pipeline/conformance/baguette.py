@@ -8,7 +8,8 @@ only loads those modules, mounts /dev/vdb's default subvolume and hands over to 
 own /sbin/init, which runs to its own default target (no `systemd.run=`, no `init=`). The
 image's maitred unit starts the stand-in maitred from the tools disk, which does what the
 real one does at boot and at `vmc start`, then runs the checks, writes the verdicts to the
-second serial port and powers the VM off. The image is decompressed into a sparse scratch
+second serial port and powers the VM off. The stand-ins run on the busybox of the guest's
+architecture (the appliance's tool tree's). The image is decompressed into a sparse scratch
 disk; the artifact itself is never written.
 """
 
@@ -21,19 +22,21 @@ from pathlib import Path
 from ..baguette.compress import decompress_sparse
 from ..core.errors import GuestError
 from ..core.fsutil import work_tempdir
-from ..vmhelper.qemu import Disk, Guest
+from ..vmhelper.qemu import Disk, Guest, second_serial_device
+from ..vmhelper.toolroot import ToolRoot
 from . import checks, toolsdisk
 
 KERNEL_ARGS = "root=/dev/vdb rw net.ifnames=0 systemd.log_color=0"
 DISK_SIZE = 4 << 30  # what `vmc create --size` gives; the image must grow to it
-RESULTS_DEVICE = "/dev/ttyS1"
 
 
 def run(zst: Path, guest: Guest, *, setup_user: str, dotfiles: tuple[str, ...],
         log_path: Path, work_dir: Path, disk_size: int = DISK_SIZE) -> checks.Report:
     """Boot `zst` to its default target with the stand-ins; the report of every check.
     The console log stays at `log_path`, the verdicts beside it (`*.results.log`)."""
-    settings = toolsdisk.Settings("baguette", setup_user, RESULTS_DEVICE, dotfiles)
+    app = guest.appliance
+    settings = toolsdisk.Settings("baguette", setup_user, second_serial_device(app.arch),
+                                  dotfiles)
     results = log_path.with_name(log_path.name.replace(".console.log", "") + ".results.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     results.unlink(missing_ok=True)
@@ -41,7 +44,8 @@ def run(zst: Path, guest: Guest, *, setup_user: str, dotfiles: tuple[str, ...],
     stopped = ""
     try:
         tools = tmp / "tools.img"
-        toolsdisk.make_disk(toolsdisk.write_tree(tmp / "tools", settings), tools)
+        busybox = ToolRoot(app.arch, app.tools).program("busybox")  # the guest's own
+        toolsdisk.make_disk(toolsdisk.write_tree(tmp / "tools", settings, busybox), tools)
         rootfs = tmp / "rootfs.img"
         size = decompress_sparse(zst, rootfs)
         os.truncate(rootfs, max(size, disk_size))

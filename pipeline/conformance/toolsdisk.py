@@ -1,6 +1,7 @@
 """The tools disk of a conformance run: what ChromeOS's tools disk holds, with stand-ins.
 
-    bin/busybox              the host's static busybox: the stand-ins' interpreter
+    bin/busybox              a static busybox of the guest's architecture (the host's by
+                             default): the stand-ins' interpreter
     bin/cros-standin         standin.sh; bin/<tool> links to it for every daemon it plays
     etc/standin.conf         the run's settings (the guest kind, the user to set up, where
                              verdicts go, how long to wait)
@@ -40,11 +41,11 @@ def standin_script() -> bytes:
     return resources.files(__package__).joinpath("standin.sh").read_bytes()
 
 
-def write_tree(root: Path, settings: Settings) -> Path:
+def write_tree(root: Path, settings: Settings, busybox: Path | None = None) -> Path:
     """The tools tree under `root` (made here)."""
     (root / "bin").mkdir(parents=True)
     (root / "etc").mkdir()
-    shutil.copy(require("busybox"), root / "bin" / "busybox")
+    shutil.copy(busybox or require("busybox"), root / "bin" / "busybox")
     (root / "bin" / "busybox").chmod(0o755)
     script = root / "bin" / "cros-standin"
     script.write_bytes(standin_script())

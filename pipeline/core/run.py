@@ -26,6 +26,9 @@ log = logging.getLogger("pipeline.run")
 # tool name -> Debian package that ships it
 HOST_TOOLS: dict[str, str] = {
     "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-system-aarch64": "qemu-system-arm",
+    "depmod": "kmod",
+    "update-binfmts": "binfmt-support",
     "mkfs.btrfs": "btrfs-progs",
     "btrfs": "btrfs-progs",
     "busybox": "busybox-static",
@@ -56,6 +59,7 @@ MIN_VERSIONS: dict[str, tuple[tuple[int, ...], str]] = {
     "mkfs.btrfs": ((5, 10), "mkfs.btrfs --rootdir with --shrink (4.14.1+) and a btrfs whose "
                    "`subvolume set-default` takes just a path; 6.12+ makes the subvolume "
                    "itself (pack.SUBVOL_MKFS)"),
+    "qemu-system-aarch64": ((6, 2), "-cpu max,pauth-impdef=on (6.2+)"),
     "qemu-system-x86_64": ((5, 2), "PVH boot of the appliance's vmlinux (4.0+), "
                            "`-accel` and `-nic none`"),
 }

@@ -9,6 +9,10 @@ Besides the configured packages the rootfs always gets systemd-sysv (minbase has
 (GUEST_PACKAGES). The guest's own apt sources are written in Debian 12's deb822 form for the
 suite, its -updates and its -security archives, pointing at the configured mirror (or
 deb.debian.org), never at the mirror this machine happens to use.
+
+Another architecture than the host's (`arch = "aarch64"` on x86_64) is mmdebstrap's
+`--architectures=arm64`: its maintainer scripts run under qemu-user through binfmt_misc
+(core/binfmt.py), which is checked first so that a host without it is told so in one line.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ import shlex
 from pathlib import Path
 
 from ..config import Image
+from ..core import binfmt
+from ..core.arch import arch, host_arch
+from ..core.errors import PipelineError
 from ..core.log import showing_progress
 from ..core.run import run
 from ..store.hashing import FileHashMemo
@@ -40,7 +47,6 @@ GUEST_PACKAGES = (
     "xauth", "xxd",  # sommelier-x's X cookie
 )
 ROLLING = ("sid", "unstable", "experimental")  # suites without -updates and -security
-DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 def host_mirror(suite: str, apt_dir: Path = Path("/etc/apt")) -> str:
@@ -118,13 +124,14 @@ def make_base(image: Image, out: Path, si: StageInputs | None = None) -> None:
     """mmdebstrap straight into a plain tar at `out` (written beside it, then renamed)."""
     d = image.debian
     assert d is not None
+    require_foreign(image)
     tmp = out.with_name(f".{out.name}.partial.tar")
     try:
         run([
             # its phases (I: lines) are the status line on a terminal; quiet otherwise
             "mmdebstrap", *([] if showing_progress() else ["--quiet"]),
             f"--variant={d.variant}",
-            f"--architectures={DEB_ARCH[image.arch]}",
+            f"--architectures={arch(image.arch).deb}",
             f"--include={','.join(packages(image))}",
             # the guest's own sources, not the build mirror's
             "--customize-hook=rm -f \"$1/etc/apt/sources.list\"",
@@ -138,3 +145,18 @@ def make_base(image: Image, out: Path, si: StageInputs | None = None) -> None:
         tmp.rename(out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def require_foreign(image: Image) -> None:
+    """An image for another architecture needs qemu-user through binfmt_misc on this host."""
+    a = arch(image.arch)
+    why = binfmt.problem(a)
+    if why is None:
+        return
+    host = host_arch()
+    raise PipelineError(
+        f"images.{image.name}: arch = {a.name!r} on this {host.name if host else ''} host "
+        f"runs the rootfs's maintainer scripts under qemu-user, but {why}",
+        hint="run `sudo python3 -m pipeline.hostsetup` (it installs qemu-user-static and "
+             "binfmt-support and registers the handler); an unprivileged container cannot: "
+             f"register it on its host, or build on an {a.name} machine")

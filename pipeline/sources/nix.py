@@ -11,6 +11,13 @@ is (`chromeos.guest.kind`, set by nix/modules; else `boot.isContainer`, which Ni
 container profile sets), so that a Baguette disk of a container configuration, or the
 reverse, is refused before anything is built. The base entry holds base.tar and, when the
 host has LXD metadata, lxc-metadata.tar (both plain tars).
+
+Architecture: the same evaluation reads the system the configuration is for
+(`nixpkgs.hostPlatform.system`, else the tarball derivation's `system`); one for another
+architecture than `arch` is refused, naming both (the flake in nix/ has a `-aarch64` twin of
+each sample host). Before building, a derivation whose `system` this Nix cannot build (not its
+`system`, not in its `extra-platforms`, no `builders`) is refused in one line that says what
+Nix needs: qemu-user through binfmt_misc with `extra-platforms`, or a remote builder.
 """
 
 from __future__ import annotations
@@ -18,19 +25,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Image
+from ..core.arch import ARCHES, arch
 from ..core.errors import PipelineError
 from ..store.hashing import FileHashMemo
 from ..store.keys import StageInputs
-from .nixcli import NixError, eval_json
+from .nixcli import NixError, eval_json, show_config
 from .nixcli import build as nix_build
 from .tarball import decompress
 
-VERSION = 1
+VERSION = 2  # 2: the configuration's system
 METADATA_TAR = "lxc-metadata.tar"
+NIX_SYSTEMS = {a.nix for a in ARCHES.values()}  # others are not guests' (a test's "x")
 KINDS = {"crostini": "a Crostini container", "baguette": "a Baguette VM"}
 # one evaluation yields both derivation paths (`metadata` is optional) and the guest kind
 APPLY = """c: let b = c.system.build; k = c.chromeos.guest.kind or null; in {
   tarball = b.tarball.drvPath;
+  system = c.nixpkgs.hostPlatform.system or (b.tarball.system or null);
+  builder = b.tarball.system or null;
   metadata = if b ? metadata then b.metadata.drvPath else null;
   kind = if k != null then k
     else if (c.boot.isContainer or null) == null then null
@@ -45,9 +56,19 @@ def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
         raise NixError(f"{image.nix.flake}#{image.nix.attribute}.system.build.tarball is not "
                        "a derivation", hint="a NixOS host needs system.build.tarball (import "
                        "NixOS's lxc-container module or nix/modules/baguette.nix)")
+    system = value.get("system")
+    want = arch(image.arch).nix
+    if system in NIX_SYSTEMS and system != want:
+        raise NixError(
+            f"images.{image.name}: nixosConfigurations.{image.nix.host} is for {system}, "
+            f"but arch = {image.arch!r} ({want})",
+            hint=f"set nix.host to the configuration for {want} (nix/ has sample-<kind> and "
+                 "sample-<kind>-aarch64), or arch to the configuration's architecture")
     return StageInputs("base", VERSION, {
         "source": "nix",
         "tarball": value["tarball"],
+        "system": system,
+        "builder": value.get("builder"),
         "metadata": value.get("metadata"),
         "kind": value.get("kind") if value.get("kind") in KINDS else None,
     })
@@ -71,12 +92,41 @@ def wrong_kind(image: Image, kind: str) -> PipelineError:
 
 def make_base(image: Image, out: Path, si: StageInputs | None = None) -> None:
     assert image.nix is not None and si is not None
+    require_platform(image, si.inputs.get("builder"))
     drvs = [d for d in (si.inputs["tarball"], si.inputs["metadata"]) if d]
     outputs = nix_build(drvs)
     decompress(tarball_file(_out(outputs, si.inputs["tarball"]), "system-tarball"), out)
     if si.inputs["metadata"]:
         decompress(tarball_file(_out(outputs, si.inputs["metadata"]), "system-tarball"),
                    out.parent / METADATA_TAR)
+
+
+def require_platform(image: Image, system: str | None) -> None:
+    """Refuse, before `nix build`, a derivation for a system this Nix cannot build."""
+    if system is None:
+        return
+    settings = show_config()
+    own = str(settings.get("system", ""))
+    extra = str(settings.get("extra-platforms", "")).split()
+    if system == own or system in extra or has_builders(str(settings.get("builders", ""))):
+        return
+    raise NixError(
+        f"images.{image.name}: its configuration is built for {system}, which this Nix "
+        f"(system {own or '?'}, extra-platforms: {' '.join(extra) or 'none'}) cannot build",
+        hint=f"Nix needs `extra-platforms = {system}` in nix.conf with qemu-user registered "
+             "through binfmt_misc (`sudo python3 -m pipeline.hostsetup` registers it), or a "
+             f"remote builder for {system} (`builders = ssh://HOST {system}`)")
+
+
+def has_builders(value: str) -> bool:
+    """Whether Nix's `builders` names a machine (`@FILE` refers to a machines file)."""
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text()
+        except OSError:
+            return False
+        return any(ln.strip() and not ln.lstrip().startswith("#") for ln in text.splitlines())
+    return bool(value.strip())
 
 
 def lxd_metadata(base_entry: Path) -> Path | None:

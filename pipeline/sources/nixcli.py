@@ -157,6 +157,24 @@ def _eval_hint(stderr: str, flake: str, attr: str) -> str:
     return f"run `nix eval --show-trace {flake}#{attr}` for the full trace"
 
 
+def show_config(*, timeout: float = 60) -> dict[str, Any]:
+    """Nix's effective settings (`nix show-config --json`): name -> value."""
+    proc = run_nix(["show-config", "--json"], "`nix show-config`", timeout)
+    if proc.returncode != 0:
+        raise NixError(f"`nix show-config` failed:\n{trim_error(proc.stderr)}",
+                       hint="check the Nix installation (`nix --version`)")
+    try:
+        raw = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise NixError(f"`nix show-config --json` printed no JSON: {exc}",
+                       hint="check the Nix installation (`nix --version`)") from None
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        v = value.get("value") if isinstance(value, dict) else value
+        out[name] = " ".join(map(str, v)) if isinstance(v, list) else v
+    return out
+
+
 @dataclass
 class _BuildLog:
     """Follows `--log-format internal-json`: which derivation each activity builds, its last

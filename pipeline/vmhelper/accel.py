@@ -54,7 +54,7 @@ def kvm_device_problem(dev: Path = Path("/dev/kvm")) -> str | None:
     return None
 
 
-def _host_id() -> str:
+def _host_id(qemu_binary: str) -> str:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -63,7 +63,7 @@ def _host_id() -> str:
                 break
     except OSError:
         pass
-    qemu = Path(require("qemu-system-x86_64")).stat()
+    qemu = Path(require(qemu_binary)).stat()
     return f"{platform.release()}|{qemu.st_size}:{qemu.st_mtime_ns}|{model}"
 
 
@@ -86,7 +86,7 @@ def choose(setting: Accel, appliance: Appliance, cache_dir: Path,
     problem = kvm_device_problem(kvm_device)
     if problem is None:
         verdict_file = cache_dir / "kvm-verdict.json"
-        host = _host_id()
+        host = _host_id(appliance.arch.qemu)
         try:
             verdicts = json.loads(verdict_file.read_text())
         except (OSError, ValueError):

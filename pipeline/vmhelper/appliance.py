@@ -7,6 +7,13 @@ btrfs for every mode, ext4 (and dummy) listed apart for mode `boot` only. Every 
 unpacked and every module relocated at each boot, which costs under TCG. Its store
 key hashes the kernel, every copied file, the recipe and the init script, so a kernel or
 btrfs-progs upgrade rebuilds it and nothing else does.
+
+It is made from a tool tree (toolroot.py): the host itself for the host's architecture, or a
+tree of another architecture's Debian packages (an aarch64 appliance on an x86_64 host, for
+verify of an aarch64 image). From another tree, libraries are read from each program's ELF
+header (elfdeps.py) instead of `ldd`, which can only run the host's programs, and modules are
+resolved with `modprobe -d TREE`. An aarch64 kernel is used as it is (QEMU loads its Image);
+an x86_64 bzImage is unpacked for PVH boot.
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ from __future__ import annotations
 import lzma
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.arch import X86_64, Arch
 from ..core.errors import PipelineError
 from ..core.fsutil import atomic_path
 from ..core.log import step
@@ -25,9 +33,11 @@ from ..core.run import require, run
 from ..store.entries import Store, problems
 from ..store.hashing import FileHashMemo, sha256_file
 from ..store.keys import StageInputs
+from . import elfdeps
 from .cpio import CpioWriter
+from .toolroot import ToolRoot, host_root
 
-VERSION = 3  # 3: boot-only modules; no mkfs.btrfs, zstd
+VERSION = 4  # 3: boot-only modules; no mkfs.btrfs, zstd; 4: its architecture
 INIT_SCRIPT = QEMU_DIR / "init"
 RECIPE = QEMU_DIR / "appliance.toml"
 
@@ -37,6 +47,8 @@ class Appliance:
     kernel: Path
     initrd: Path
     key: str
+    arch: Arch = X86_64  # what its kernel and programs run on (qemu.py picks the emulator)
+    tools: Path = Path("/")  # the tool tree it was made from (its busybox serves conformance)
 
 
 @dataclass(frozen=True)
@@ -48,17 +60,19 @@ class Plan:
     files: dict[str, Path]
     modules: list[Path]
     boot_modules: list[Path]  # loaded only when the guest boots an image (mode `boot`)
+    tools: ToolRoot = field(default_factory=host_root)
 
 
-def find_kernel(configured: Path | None) -> tuple[Path, str]:
+def find_kernel(configured: Path | None, root: Path = Path("/"),
+                package: str = X86_64.kernel_package) -> tuple[Path, str]:
     if configured is not None:
         kernel = configured
     else:
-        candidates = sorted(Path("/boot").glob("vmlinuz-*"), key=_version_key)
+        candidates = sorted((root / "boot").glob("vmlinuz-*"), key=_version_key)
         if not candidates:
             raise PipelineError(
-                "no kernel for the VM helper: /boot/vmlinuz-* not found",
-                hint="install one (apt-get install linux-image-amd64), "
+                f"no kernel for the VM helper: {root / 'boot'}/vmlinuz-* not found",
+                hint=f"install one (apt-get install {package}), "
                 "or set build.kernel in images.toml",
             )
         kernel = candidates[-1]
@@ -73,8 +87,9 @@ def find_kernel(configured: Path | None) -> tuple[Path, str]:
         raise PipelineError(f"{kernel} is not readable by this user",
                             hint=f"make it readable (sudo chmod 0644 {kernel})") from None
     version = m.group(1)
-    if not Path(f"/lib/modules/{version}").is_dir():
-        raise PipelineError(f"no modules for kernel {version} in /lib/modules/{version}",
+    if not (root / "lib" / "modules" / version).is_dir():
+        raise PipelineError(f"no modules for kernel {version} in "
+                            f"{root / 'lib' / 'modules' / version}",
                             hint="install the matching linux-image package")
     return kernel, version
 
@@ -110,10 +125,12 @@ def _has_interpreter(binary: str) -> bool:
                for i in range(0, len(table), phentsize))
 
 
-def _modules(version: str, names: list[str]) -> list[Path]:
+def _modules(version: str, names: list[str], root: Path = Path("/")) -> list[Path]:
     out: list[Path] = []
+    tree = [] if root == Path("/") else ["-d", str(root)]
     for name in names:
-        proc = run(["modprobe", "-S", version, "--show-depends", name], capture_stdout=True,
+        proc = run(["modprobe", *tree, "-S", version, "--show-depends", name],
+                   capture_stdout=True,
                    hint=f"the kernel {version} must provide the module {name}")
         for line in proc.stdout.decode().splitlines():
             parts = line.split()
@@ -124,19 +141,32 @@ def _modules(version: str, names: list[str]) -> list[Path]:
     return out
 
 
-def plan(kernel_setting: Path | None) -> Plan:
-    kernel, version = find_kernel(kernel_setting)
+def plan(kernel_setting: Path | None, tools: ToolRoot | None = None) -> Plan:
+    """What the appliance holds, from the host or from `tools` (build.kernel is the host's
+    kernel: a tool tree of another architecture brings its own)."""
+    tools = tools or host_root()
+    if tools.is_host:
+        kernel, version = find_kernel(kernel_setting, package=tools.arch.kernel_package)
+    else:
+        kernel, version = find_kernel(None, tools.root, tools.arch.kernel_package)
     recipe = tomllib.loads(RECIPE.read_text())
     files: dict[str, Path] = {}
     for inside, tool in recipe["binaries"].items():
-        host = require(tool)
-        files[inside] = Path(host)
-        for lib in _libraries(host):
-            files.setdefault(str(lib), lib)
-    modules = _modules(version, list(recipe["modules"]["load"]))
-    boot = [m for m in _modules(version, list(recipe["modules"].get("boot", [])))
+        if tools.is_host:
+            host = require(tool)
+            files[inside] = Path(host)
+            for lib in _libraries(host):
+                files.setdefault(str(lib), lib)
+        else:
+            program = tools.program(tool)
+            files[inside] = program
+            for lib_inside, lib in elfdeps.libraries(tools.root, program,
+                                                     tools.multiarch).items():
+                files.setdefault(lib_inside, lib)
+    modules = _modules(version, list(recipe["modules"]["load"]), tools.root)
+    boot = [m for m in _modules(version, list(recipe["modules"].get("boot", [])), tools.root)
             if m not in modules]
-    return Plan(kernel, version, files, modules, boot)
+    return Plan(kernel, version, files, modules, boot, tools)
 
 
 def inputs(p: Plan, memo: FileHashMemo) -> StageInputs:
@@ -144,6 +174,7 @@ def inputs(p: Plan, memo: FileHashMemo) -> StageInputs:
         "appliance",
         VERSION,
         {
+            "arch": p.tools.arch.name,
             "kernel": memo.sha256(p.kernel),
             "init": sha256_file(INIT_SCRIPT),
             "recipe": sha256_file(RECIPE),
@@ -254,9 +285,10 @@ def _has_pvh_note(elf: bytes) -> bool:
     return False
 
 
-def ensure(store: Store, kernel_setting: Path | None, memo: FileHashMemo) -> Appliance:
-    """The appliance for this host, built once per distinct content."""
-    p = plan(kernel_setting)
+def ensure(store: Store, kernel_setting: Path | None, memo: FileHashMemo,
+           tools: ToolRoot | None = None) -> Appliance:
+    """The appliance for this host (or made from `tools`), built once per distinct content."""
+    p = plan(kernel_setting, tools)
     si = inputs(p, memo)
     entry = store.path(si)
     if not (store.has(si) and store.intact(si)):
@@ -266,9 +298,11 @@ def ensure(store: Store, kernel_setting: Path | None, memo: FileHashMemo) -> App
                 store.set_aside(entry, found)
             if not store.has(si):
                 store.remove_stale(si)
-                with step("Building the VM helper appliance"), store.new_entry(si) as tmp:
+                with step(f"Building the VM helper appliance ({p.tools.arch.name})"), \
+                        store.new_entry(si) as tmp:
                     bzimage = p.kernel.read_bytes()
-                    elf = pvh_kernel(bzimage)
+                    elf = pvh_kernel(bzimage) if p.tools.arch is X86_64 else None
                     (tmp / "kernel").write_bytes(elf if elf is not None else bzimage)
                     write_initrd(p, tmp / "initrd.cpio")
-    return Appliance(entry / "kernel", entry / "initrd.cpio", si.key)
+    return Appliance(entry / "kernel", entry / "initrd.cpio", si.key, p.tools.arch,
+                     p.tools.root)

@@ -8,6 +8,12 @@ names the console log. `-no-reboot` with `panic=-1` turns a guest panic into a Q
 QEMU never outlives the pipeline: SIGTERM is handled like Ctrl-C while it runs (QEMU is
 killed and the caller's cleanup runs), and QEMU gets SIGKILL should the process that started
 it die anyway (PR_SET_PDEATHSIG).
+
+The emulator follows the appliance's architecture: x86_64 is `qemu-system-x86_64 -M q35`
+(console ttyS0, a second 16550 UART as ttyS1), aarch64 is `qemu-system-aarch64 -M virt`
+(console on its PL011, ttyAMA0; a PCI 16550, `pci-serial`, is the second port, ttyS0 there).
+Under TCG an aarch64 guest gets `-cpu max` with QEMU's own pointer-authentication algorithm
+(`pauth-impdef=on`: the architected QARMA cipher costs a lot to emulate).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Accel
+from ..core.arch import X86_64, Arch
 from ..core.errors import GuestError
 from ..core.log import Status, warn
 from ..core.run import log_command, require_version
@@ -75,9 +82,25 @@ class GuestResult:
 # Kernel arguments for every guest (all are throwaway): under TCG, mitigations=off alone cuts
 # about a fifth of the appliance's boot (no retpolines, no page-table isolation to emulate);
 # no crypto self-tests, no TSC watchdog.
-KERNEL_ARGS = "mitigations=off cryptomgr.notests tsc=reliable no_timer_check"
+KERNEL_ARGS = "mitigations=off cryptomgr.notests"
+ARCH_KERNEL_ARGS = {"x86_64": "tsc=reliable no_timer_check"}
 JOB_MEMORY_MIB = 384  # a short job's guest: less memory to initialise at boot
-JOB_TCG_CPU = "qemu64"  # no AVX: fewer raid6 benchmarks at btrfs load, cheaper to emulate
+# under TCG, x86_64 jobs take qemu64 (no AVX: fewer raid6 benchmarks at btrfs load, cheaper to
+# emulate); aarch64 guests take `max` with QEMU's cheap pointer authentication
+TCG_CPU = {"x86_64": ("max", "qemu64"), "aarch64": ("max,pauth-impdef=on",) * 2}
+SECOND_SERIAL = {"x86_64": "ttyS1", "aarch64": "ttyS0"}  # the guest's name for second_serial
+
+
+def second_serial_device(a: Arch) -> str:
+    """/dev/... of the port `second_serial` writes to, as the guest's kernel names it."""
+    return f"/dev/{SECOND_SERIAL[a.name]}"
+
+
+def _cpu(a: Arch, accel: Accel, job: bool) -> str:
+    if accel is Accel.KVM:
+        return "host"
+    boot, short = TCG_CPU[a.name]
+    return short if job else boot
 
 
 def qemu_argv(appliance: Appliance, accel: Accel, disks: list[Disk], cmdline: str,
@@ -89,29 +112,35 @@ def qemu_argv(appliance: Appliance, accel: Accel, disks: list[Disk], cmdline: st
     probe) rather than booting an image's init: one vCPU (no secondary CPU to bring up), at
     most JOB_MEMORY_MIB, and under TCG the plain qemu64 CPU model.
 
-    The kernel boots through PVH when the appliance holds an uncompressed vmlinux (no
+    The emulator, machine and console follow the appliance's architecture (`arch`). An
+    x86_64 kernel boots through PVH when the appliance holds an uncompressed vmlinux (no
     firmware, no decompression). `microvm` boots ~0.5 s faster but stalled before any
     console output in about 1 boot of 30 here, q35 in none of 60. With `clock` (unix seconds,
     SOURCE_DATE_EPOCH) the guest's clock starts there instead of now, so the times the guest
     kernel writes into the image (ctime, otime of what it changes) carry no build date.
     `second_serial` is a file the guest's /dev/ttyS1 writes to (the console is ttyS0).
     """
+    a = appliance.arch
+    args = " ".join(filter(None, (KERNEL_ARGS, ARCH_KERNEL_ARGS.get(a.name, ""))))
     argv = [
-        require_version("qemu-system-x86_64"),
+        require_version(a.qemu),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-machine", "q35",
+        "-machine", a.machine,
         "-accel", accel.value,
-        "-cpu", "host" if accel is Accel.KVM else (JOB_TCG_CPU if job else "max"),
+        "-cpu", _cpu(a, accel, job),
         "-smp", "1" if job else str(cpu_count()),
         "-m", str(min(memory_mib, JOB_MEMORY_MIB) if job else memory_mib),
         "-kernel", str(appliance.kernel),
         "-initrd", str(appliance.initrd),
-        "-append", f"console=ttyS0 panic=-1 quiet loglevel=4 {KERNEL_ARGS} {cmdline}",
+        "-append", f"console={a.console} panic=-1 quiet loglevel=4 {args} {cmdline}",
         "-serial", f"file:{log_path}",
         "-nic", "none",
     ]
-    if second_serial is not None:
+    if second_serial is not None and a is X86_64:
         argv += ["-serial", f"file:{second_serial}"]
+    elif second_serial is not None:  # virt has one UART of its own: a PCI one is the second
+        argv += ["-chardev", f"file,id=serial1,path={second_serial}",
+                 "-device", "pci-serial,chardev=serial1"]
     if clock is not None:
         start = datetime.datetime.fromtimestamp(clock, datetime.UTC)
         argv += ["-rtc", f"base={start.strftime('%Y-%m-%dT%H:%M:%S')},clock=vm"]

@@ -98,9 +98,17 @@ BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "cat", "hostname", "sleep", "true", "ls", "id")
 
 
-def busybox_rootfs(path: Path) -> Path:
-    """A tiny rootfs LXD can start: static busybox, a script as /sbin/init, os-release."""
-    if not BUSYBOX.is_file():
+def elf_header(machine: int) -> bytes:
+    """The first 64 bytes of a little-endian ELF64 executable for e_machine `machine`
+    (62 x86_64, 183 aarch64): what the tree's architecture is read from."""
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    return ident + (2).to_bytes(2, "little") + machine.to_bytes(2, "little") + bytes(44)
+
+
+def busybox_rootfs(path: Path, busybox: bytes | None = None) -> Path:
+    """A tiny rootfs LXD can start: static busybox, a script as /sbin/init, os-release.
+    `busybox`: the bytes of /bin/busybox instead of the host's (another architecture's)."""
+    if busybox is None and not BUSYBOX.is_file():
         from tests.support.tools import tool_missing
         tool_missing("busybox-static is not installed (run `python3 -m pipeline.hostsetup`)")
 
@@ -114,7 +122,8 @@ def busybox_rootfs(path: Path) -> Path:
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
         add(tf, "./", tarfile.DIRTYPE, 0o755)
         add(tf, "./bin/", tarfile.DIRTYPE, 0o755)
-        add(tf, "./bin/busybox", mode=0o755, data=BUSYBOX.read_bytes())
+        add(tf, "./bin/busybox", mode=0o755,
+            data=busybox if busybox is not None else BUSYBOX.read_bytes())
         for applet in APPLETS:
             add(tf, f"./bin/{applet}", tarfile.SYMTYPE, 0o777, link="busybox")
         for d in ("dev", "proc", "sys", "tmp", "run", "root"):

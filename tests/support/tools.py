@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.run import which
+from pipeline.vmhelper.toolroot import host_root
 
-VM_TOOLS = ("qemu-system-x86_64", "mkfs.btrfs", "btrfs", "busybox", "tar", "modprobe")
+# the host's own emulator: qemu-system-x86_64 on x86_64, qemu-system-aarch64 on an ARM host
+VM_TOOLS = (host_root().arch.qemu, "mkfs.btrfs", "btrfs", "busybox", "tar", "modprobe")
 
 def missing_vm_tools() -> list[str]:
     missing = [t for t in VM_TOOLS if which(t) is None]
     if not list(Path("/boot").glob("vmlinuz-*")):
-        missing.append("a kernel in /boot (linux-image-amd64)")
+        missing.append(f"a kernel in /boot ({host_root().arch.kernel_package})")
     return missing
 
 

@@ -230,7 +230,7 @@ def test_the_kvm_verdict_is_kept_per_user_not_per_artifacts_directory(
 
     monkeypatch.setattr(accel, "probe_kvm", probe)
     monkeypatch.setattr(accel, "kvm_device_problem", lambda *_: None)  # "/dev/kvm opens"
-    monkeypatch.setattr(accel, "_host_id", lambda: "this host")
+    monkeypatch.setattr(accel, "_host_id", lambda qemu: "this host")
     monkeypatch.setattr(stages, "appliance", lambda run: Appliance(Path("k"), Path("i"), "x"))
     (tmp_path / "r.tar").write_bytes(b"")
     reasons = []
