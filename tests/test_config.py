@@ -344,3 +344,16 @@ def test_reference_lists_every_setting() -> None:
         assert f"`[{section}]`" in ref
         for s in settings:
             assert f"| `{s.key}` |" in ref
+
+
+def test_the_shipped_arm64_image_is_the_default_image_for_aarch64() -> None:
+    """images.toml's bookworm-arm64 (built and published by CI beside bookworm) differs from
+    the default image only in its architecture and description, so the two cannot drift."""
+    import tomllib
+
+    shipped = tomllib.loads((README.parent / "images.toml").read_text())["images"]
+    x86, arm = dict(shipped["bookworm"]), dict(shipped["bookworm-arm64"])
+    assert arm.pop("arch") == "aarch64" and x86.pop("arch", "x86_64") == "x86_64"
+    x86.pop("description")
+    arm.pop("description")
+    assert arm == x86

@@ -35,7 +35,10 @@ def test_the_workflow_exists_and_runs_the_readme_commands() -> None:
     assert [p.name for p in WORKFLOWS] == ["build.yml"]
     text = WORKFLOWS[0].read_text()
     assert "bash .ci/run" in text  # the README's test command, with CI=true
-    assert ".venv/bin/doit build:baguette build:lxc publish" in text
+    assert ".venv/bin/doit build:baguette build:lxc baguette:bookworm-arm64" in text
+    assert 'images = ["bookworm", "bookworm-arm64"]' in text, "one index over both arches"
+    assert 'remote = \\"$remote\\"' in text and "oci://ghcr.io/" in text, "the store on GHCR"
+    assert "packages: write" in text
     assert "doit publish --verify" in text
     assert "startsWith(github.ref, 'refs/tags/v')" in text
     assert "doit refresh:all" in text, "the monthly run refreshes the bases"
