@@ -44,8 +44,10 @@ BACKPORT_SUITE = "trixie"
 # the secret scan's NixOS-shaped tree is made of real packages that ship test keys, examples
 # and ELF files with key material: Python's test suite, xmlsec's examples, gnutls' tools
 # the fault-injection test kills publish, gc and fsck at chosen system calls (strace)
+# the stand-in NixOS flake relocates the host's systemd, sudo and sftp-server into a Nix
+# store layout (patchelf rewrites their interpreter and RUNPATH)
 TEST_PACKAGES = ["lxd", "lxd-client", "openssl", "libpython3.11-testsuite", "libxmlsec1-dev",
-                 "gnutls-bin", "strace"]
+                 "gnutls-bin", "strace", "patchelf", "sudo", "openssh-sftp-server"]
 
 BTRFS_PROGS_WANTED = (6, 12)  # pipeline.baguette.pack.SUBVOL_MKFS
 BACKPORTS = {"bookworm": "bookworm-backports"}  # suites that have a new enough btrfs-progs

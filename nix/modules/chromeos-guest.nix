@@ -21,6 +21,11 @@ let
     "/bin/bash" = "${pkgs.bashInteractive}/bin/bash";
     "/usr/lib/openssh/sftp-server" = "${pkgs.openssh}/libexec/sftp-server";
   };
+  # garcon's URL handler (what cros-garcon installs as /usr/bin/garcon-url-handler): apps
+  # open links through BROWSER, and this hands them to ChromeOS's browser
+  urlHandler = pkgs.writeShellScript "garcon-url-handler" ''
+    exec ${tools}/bin/garcon --client --url "$@"
+  '';
   # sommelier -X runs this once Xwayland is up; sommelier reads --x-auth, which must hold
   # a cookie for the display
   xReady = pkgs.writeShellScript "sommelier-x-ready" ''
@@ -95,6 +100,7 @@ in
       XDG_SESSION_TYPE = "wayland";
       WAYLAND_DISPLAY = "wayland-0";
       DISPLAY = ":0";
+      BROWSER = "${urlHandler}";
     };
 
     # Wayland forwarding through /dev/wl*
@@ -138,6 +144,7 @@ in
         after = [ "sommelier@0.service" "sommelier-x@0.service" ];
         wantedBy = [ "default.target" ];
         environment = {
+          BROWSER = "${urlHandler}";
           XDG_CURRENT_DESKTOP = "X-Generic";
           XDG_SESSION_TYPE = "wayland";
         };
