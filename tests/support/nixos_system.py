@@ -181,7 +181,8 @@ def is_elf(p: Path) -> bool:
 def rewrite_prefixes(p: Path) -> None:
     """Debian's /lib/systemd/ and /lib/udev/ -> /etc/systemd/ and /etc/udev/ (same length)."""
     data = p.read_bytes()
-    new = data.replace(b"/lib/systemd/", b"/etc/systemd/").replace(b"/lib/udev/", b"/etc/udev/")
+    # not /var/lib/systemd/ (linger, random seed, timers): state, not the package
+    new = re.sub(rb"(?<!/var)/lib/(systemd|udev)/", rb"/etc/\1/", data)
     new = new.replace(b"/bin/mount\0", b"/etc/mount\0").replace(
         b"/bin/umount\0", b"/etc/umount\0")
     if new != data:
@@ -368,9 +369,9 @@ def upstream_unit(store: Store, path: str) -> str:
 
 
 def main() -> None:
-    out = Path(os.environ["out"])
-    name = os.environ["name"]
-    modules = Path(os.environ["modules"])
+    out = Path(os.environ["out"])  # noqa: SIM112 (Nix names it)
+    name = os.environ["name"]  # noqa: SIM112
+    modules = Path(os.environ["modules"])  # noqa: SIM112
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "nixos-root"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -445,15 +446,6 @@ def main() -> None:
             after="systemd-logind.service", requires="systemd-logind.service",
             service_extra="Type=oneshot\nRemainAfterExit=yes\n")
         wants.setdefault("multi-user.target.wants", []).append("linger-users.service")
-    units["zz-debug.service"] = (
-        "[Unit]\nAfter=linger-users.service systemd-logind.service\n[Service]\nType=oneshot\n"
-        "StandardOutput=journal+console\nStandardError=journal+console\n"
-        f"ExecStart={bash} -c 'PATH={default_path}; getent passwd 1000; ls -la /var/lib/systemd /etc/systemd/system/ | head -80; "
-        "systemctl status user@1000.service user-runtime-dir@1000.service; loginctl enable-linger user; loginctl enable-linger 1000; "
-        "systemd-run --wait --pipe -p ProtectSystem=strict -p ProtectHome=yes -p PrivateTmp=yes -p ReadWritePaths=/etc -p StateDirectory=systemd/linger id 1000; "
-        "journalctl -u systemd-logind --no-pager | tail -40'\n")
-    dropins["systemd-logind.service.d/debug.conf"] = "[Service]\nEnvironment=SYSTEMD_LOG_LEVEL=debug\n"
-    wants.setdefault("multi-user.target.wants", []).append("zz-debug.service")
     for k in list(wants):
         wants[k] = [w for w in wants[k] if w]
     if user_dropin:
@@ -577,7 +569,6 @@ def main() -> None:
     put("bashrc", "")
     put("tmpfiles.d/00-nixos.conf", "d /mnt/shared 0755 root root -\n"
         "d /mnt/stateful 0755 root root -\nd /var/lib/systemd 0755 root root -\n")
-    dbus_top = store.tops["dbus-daemon"]
     conf = Path("/usr/share/dbus-1/system.conf").read_text()
     conf = re.sub(r"<servicehelper>.*?</servicehelper>", "", conf)
     conf = conf.replace("<standard_system_servicedirs/>", "").replace("<fork/>", "")
@@ -672,7 +663,7 @@ done
 # users and groups (update-users-groups.pl; mutable users are kept)
 if [ ! -e /etc/passwd ]; then
   printf '%s\\n' "root:x:0:0:System administrator:/root:/run/current-system/sw/bin/bash" \\
-    "messagebus:x:4:4:D-Bus system message bus daemon user:/run/dbus:/run/current-system/sw/bin/nologin" \\
+    "messagebus:x:4:4:D-Bus daemon:/run/dbus:/run/current-system/sw/bin/nologin" \\
     "user:x:1000:100::/home/user:/run/current-system/sw/bin/bash" \\
     "nobody:x:65534:65534:Unprivileged account:/var/empty:/run/current-system/sw/bin/nologin" \\
     > /etc/passwd
