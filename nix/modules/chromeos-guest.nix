@@ -120,6 +120,9 @@ in
         unitConfig = onToolsDisk "sommelier";
         serviceConfig = {
           Type = "notify";
+          # readiness may come from a helper sommelier starts, not its main process (the
+          # Debian image's units say the same)
+          NotifyAccess = "all";
           ExecStart = "${tools}/bin/sommelier --parent --sd-notify=READY=1 "
             + "--socket=wayland-%i --stable-scaling "
             + "${pkgs.runtimeShell} -c 'systemctl --user import-environment WAYLAND_DISPLAY'";
@@ -132,6 +135,7 @@ in
         path = [ pkgs.xwayland ];
         serviceConfig = {
           Type = "notify";
+          NotifyAccess = "all";
           ExecStart = "${tools}/bin/sommelier -X --x-display=%i --sd-notify=READY=1 "
             + "--no-exit-with-child --x-auth=%h/.Xauthority --stable-scaling "
             + "--xwayland-path=${pkgs.xwayland}/bin/Xwayland ${xReady}";

@@ -468,20 +468,21 @@ def main() -> None:
     xwayland = store.add_text("xwayland-stand-in", "bin/Xwayland",
                               "#!/bin/sh\n# sommelier's stand-in starts no X server\nexit 1\n",
                               0o555)
+    guest_nix = (modules / "chromeos-guest.nix").read_text()
+    notify_access = ("NotifyAccess=all\n" if 'NotifyAccess = "all";' in guest_nix else "")
     uunits["sommelier@.service"] = (
         "[Unit]\nDescription=Wayland forwarding to ChromeOS (sommelier, socket wayland-%i)\n"
         + tools_cond("sommelier") + f'[Service]\nEnvironment="PATH={user_path}"\n'
         f"ExecStart={TOOLS}/bin/sommelier --parent --sd-notify=READY=1 --socket=wayland-%i "
         f"--stable-scaling {bash} -c 'systemctl --user import-environment WAYLAND_DISPLAY'\n"
-        "Restart=always\nType=notify\n")
+        "Restart=always\nType=notify\n" + notify_access)
     uunits["sommelier-x@.service"] = (
         "[Unit]\nDescription=X forwarding to ChromeOS (sommelier -X, display :%i)\n"
         + tools_cond("sommelier")
         + f'[Service]\nEnvironment="PATH={os.path.dirname(xwayland)}:{user_path}"\n'
         f"ExecStart={TOOLS}/bin/sommelier -X --x-display=%i --sd-notify=READY=1 "
         f"--no-exit-with-child --x-auth=%h/.Xauthority --stable-scaling "
-        f"--xwayland-path={xwayland} {x_ready}\nRestart=always\nType=notify\n")
-    guest_nix = (modules / "chromeos-guest.nix").read_text()
+        f"--xwayland-path={xwayland} {x_ready}\nRestart=always\nType=notify\n" + notify_access)
     browser = ""
     if 'BROWSER = "${urlHandler}";' in guest_nix:
         browser = store.add_text("garcon-url-handler", "garcon-url-handler",
