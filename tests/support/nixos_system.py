@@ -650,7 +650,7 @@ def main() -> None:
 # NixOS's activation script, what of it ChromeOS relies on
 systemConfig={system}
 export PATH={cu}:{os.path.dirname(f('/bin/grep'))}
-mkdir -p /etc /run /tmp /var/lib /var/log /root /home /bin /usr/bin /run/wrappers/bin
+mkdir -p /etc /run /tmp /var/lib /var/log /root /home /bin /usr/bin /run/wrappers
 ln -sfn /run /var/run
 chmod 1777 /tmp
 # etc (setup-etc.pl)
@@ -679,7 +679,10 @@ mkdir -p /etc/skel
 ln -sfn {bash} /bin/sh
 ln -sfn {cu}/env /usr/bin/env
 # chromeos-absolute-paths (nix/modules/chromeos-guest.nix)
-{link_lines}# wrappers (security.wrappers): setuid copies under /run/wrappers
+{link_lines}# wrappers (security.wrappers): setuid copies on their own tmpfs (/run is nosuid)
+{f('/bin/mountpoint')} -q /run/wrappers ||
+  {f('/bin/mount')} -t tmpfs -o nodev,mode=755 tmpfs /run/wrappers
+mkdir -p /run/wrappers/bin
 cp {sudo_top}/bin/sudo /run/wrappers/bin/sudo
 chown root:root /run/wrappers/bin/sudo; chmod 4511 /run/wrappers/bin/sudo
 ln -sfn $systemConfig /run/current-system
