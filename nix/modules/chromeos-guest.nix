@@ -21,6 +21,11 @@ let
     "/bin/bash" = "${pkgs.bashInteractive}/bin/bash";
     "/usr/lib/openssh/sftp-server" = "${pkgs.openssh}/libexec/sftp-server";
   };
+  # garcon's URL handler (what cros-garcon installs as /usr/bin/garcon-url-handler): apps
+  # open links through BROWSER, and this hands them to ChromeOS's browser
+  urlHandler = pkgs.writeShellScript "garcon-url-handler" ''
+    exec ${tools}/bin/garcon --client --url "$@"
+  '';
   # sommelier -X runs this once Xwayland is up; sommelier reads --x-auth, which must hold
   # a cookie for the display
   xReady = pkgs.writeShellScript "sommelier-x-ready" ''
@@ -95,6 +100,7 @@ in
       XDG_SESSION_TYPE = "wayland";
       WAYLAND_DISPLAY = "wayland-0";
       DISPLAY = ":0";
+      BROWSER = "${urlHandler}";
     };
 
     # Wayland forwarding through /dev/wl*
@@ -114,6 +120,9 @@ in
         unitConfig = onToolsDisk "sommelier";
         serviceConfig = {
           Type = "notify";
+          # readiness may come from a helper sommelier starts, not its main process (the
+          # Debian image's units say the same)
+          NotifyAccess = "all";
           ExecStart = "${tools}/bin/sommelier --parent --sd-notify=READY=1 "
             + "--socket=wayland-%i --stable-scaling "
             + "${pkgs.runtimeShell} -c 'systemctl --user import-environment WAYLAND_DISPLAY'";
@@ -126,6 +135,7 @@ in
         path = [ pkgs.xwayland ];
         serviceConfig = {
           Type = "notify";
+          NotifyAccess = "all";
           ExecStart = "${tools}/bin/sommelier -X --x-display=%i --sd-notify=READY=1 "
             + "--no-exit-with-child --x-auth=%h/.Xauthority --stable-scaling "
             + "--xwayland-path=${pkgs.xwayland}/bin/Xwayland ${xReady}";
@@ -138,6 +148,7 @@ in
         after = [ "sommelier@0.service" "sommelier-x@0.service" ];
         wantedBy = [ "default.target" ];
         environment = {
+          BROWSER = "${urlHandler}";
           XDG_CURRENT_DESKTOP = "X-Generic";
           XDG_SESSION_TYPE = "wayland";
         };

@@ -34,6 +34,8 @@ COMMON = (
 BAGUETTE = (
     ("udevd", "udevd runs (the /dev/wl* rule; in a container LXD makes the devices)"),
     ("tools-mount", "the tools disk is mounted read-only at /opt/google/cros-containers"),
+    ("tools-mount-order", "the tools mount is ordered before the user's session (else the "
+                          "user units' ConditionPathExists can skip them for good)"),
     ("maitred", "maitred runs as root"),
     ("vshd", "vshd runs as root"),
     ("port_listener", "port_listener runs as root"),

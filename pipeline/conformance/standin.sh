@@ -43,6 +43,11 @@ GARCON_WAIT=300  # seconds of the guest's uptime: garcon is up by then, or the c
 SETTLE_WAIT=360  # likewise for the boot to finish
 KIND=baguette
 [ -r "$CONF" ] && . "$CONF"
+# The real daemons speak D-Bus themselves; the stand-ins borrow the image's busctl, systemctl
+# and udevadm. A unit's PATH need not name them (NixOS's maitred PATH has no systemd): look
+# in the system profile last. Programs the real ones run by absolute path stay absolute.
+PATH="${PATH:-/usr/bin:/bin}:/run/current-system/sw/bin"
+export PATH
 
 bb() { "$BB" "$@"; }
 
@@ -329,7 +334,16 @@ check_env() {
     # check_env NAME VAR=VALUE...: the recorded environment holds each
     name=$1; shift
     missing=""
-    for kv in "$@"; do env_has "$name" "$kv" || missing="$missing ${kv%%=*}"; done
+    for kv in "$@"; do
+        case "$kv" in
+            # a program of that name, wherever the image keeps it (/usr/bin, a store path)
+            *=\*/*)
+                v=$(bb sed -n "s/^${kv%%=*}=//p" "$STATE/$name.env" 2>/dev/null)
+                case "$v" in /*/"${kv#*=\*/}") [ -x "$v" ] && continue ;; esac
+                missing="$missing ${kv%%=*}" ;;
+            *) env_has "$name" "$kv" || missing="$missing ${kv%%=*}" ;;
+        esac
+    done
     if [ -z "$missing" ]; then verdict "$name-env" PASS
     else verdict "$name-env" FAIL "missing or wrong:$missing"; fi
 }
@@ -412,6 +426,31 @@ udev_rule_check() {
     else verdict wl-udev-rule FAIL "no rules file udevd reads gives wl* mode 0666"; fi
 }
 
+tools_order_check() {
+    # The user units skip themselves (ConditionPathExists) when the tools disk is not there
+    # yet: the mount must be ordered before the user's session, before local-fs.target (and
+    # so before logind starts user@1000) or before user@1000 itself. A `nofail` fstab entry
+    # is neither, and whether it loses the race differs from boot to boot: ask systemd.
+    unit='opt-google-cros\x2dcontainers.mount'
+    before=" $(systemctl show -p Before --value "$unit" 2>/dev/null) "
+    after=" $(systemctl show -p After --value user@1000.service 2>/dev/null) "
+    case "$before$after" in
+        *" local-fs.target "*|*" $unit "*) verdict tools-mount-order PASS ;;
+        *) verdict tools-mount-order FAIL "$unit is ordered neither before local-fs.target nor before user@1000.service" ;;
+    esac
+}
+
+notificationd_activatable() {
+    [ -e /usr/share/dbus-1/services/org.freedesktop.Notifications.service ] && return 0
+    # where else the session bus finds it (NixOS: services.dbus.packages): ask that bus,
+    # as its user
+    who=$(passwd_name_of_uid 1000)
+    [ -n "$who" ] || return 1
+    bb su -s /bin/sh "$who" -c "DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1000/bus \
+        busctl --user call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus \
+        ListActivatableNames" 2>/dev/null | bb grep -q '"org.freedesktop.Notifications"'
+}
+
 failed_units() {
     sys=$(systemctl --failed --no-legend --plain 2>/dev/null | bb awk '{print $1}' | bb tr '\n' ' ')
     usr=$(systemctl --machine=1000@.host --user --failed --no-legend --plain 2>/dev/null |
@@ -439,6 +478,7 @@ conformance_check() {
         check udevd "systemd-udevd is not running" unit_active systemd-udevd.service
         check tools-mount "the tools disk is not mounted read-only at $TOOLS" \
             bb grep -Eq "^/dev/vda $TOOLS ext4 ro[, ]" /proc/mounts
+        tools_order_check
         check_daemon maitred 0
         check_daemon vshd 0
         check_daemon port_listener 0
@@ -470,13 +510,13 @@ conformance_check() {
     check_daemon garcon 1000 session
     check_env garcon XDG_RUNTIME_DIR=/run/user/1000 \
         DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1000/bus WAYLAND_DISPLAY=wayland-0 \
-        DISPLAY=:0 BROWSER=/usr/bin/garcon-url-handler
+        DISPLAY=:0 'BROWSER=*/garcon-url-handler'
     check_daemon sommelier@0 1000 session
     check_daemon sommelier-x@0 1000 session
     if [ "$(rec_field sommelier-x@0 xauth)" = present ]; then verdict sommelier-x-xauth PASS
     else verdict sommelier-x-xauth FAIL "no X cookie at sommelier's --x-auth path"; fi
     check notificationd "cros-notificationd is not D-Bus activatable" \
-        [ -e /usr/share/dbus-1/services/org.freedesktop.Notifications.service ]
+        notificationd_activatable
     check sftp-server "/usr/lib/openssh/sftp-server is missing (the Files app)" \
         [ -x /usr/lib/openssh/sftp-server ]
     [ "$KIND" = baguette ] && udev_rule_check

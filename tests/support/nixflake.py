@@ -35,6 +35,13 @@ here: a boot test replaces it). useradd and usermod are small scripts that do wh
 asks of shadow's (`useradd --uid U --create-home --shell S --groups G NAME`,
 `usermod --append --groups G NAME`). There is no /bin/cat and no /usr/bin/findmnt.
 
+With `write_flake(..., init="systemd")` testhost-baguette is instead a system with a real
+init that the conformance harness boots: Debian's own systemd 252, D-Bus, udev, logind, sudo,
+bash, sftp-server, shadow and coreutils relocated into the store, ELF interpreter and RUNPATH
+rewritten by patchelf to the store's glibc, units from upstream's and from nix/modules (copied
+into the flake, so an edited module makes another image). tests/support/nixos_system.py, its
+builder, says what it reads from the modules and what it mirrors by hand.
+
 `activated_tree` runs that activation into an extracted copy, and `nixos_layout_problems`
 reads such a tree for what ChromeOS (or a check) runs by absolute path and finds missing.
 
@@ -47,6 +54,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -56,7 +64,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.run import which
+from tests.support.paths import ROOT
 from tests.support.tools import tool_missing
+
+MODULES = ROOT / "nix" / "modules"
 
 NIX_TEST_CONFIG = "\n".join([
     "experimental-features = nix-command flakes",
@@ -77,7 +88,17 @@ FLAKE = r"""{
     let
       system = "x86_64-linux";
       motd = builtins.readFile ./motd;  # a file the configuration reads
-      tarball = kind: derivation {
+      # the Baguette system with a real init (tests/support/nixos_system.py)
+      systemdTarball = derivation {
+        name = "nixos-baguette-x86_64-linux.tar.xz";
+        inherit system;
+        builder = "/usr/bin/python3";
+        args = [ ./make-system.py ];
+        modules = ./modules;
+        PATH = "/usr/bin:/bin:/usr/sbin:/sbin";
+      };
+      tarball = kind: if kind == "baguette" && INIT == "systemd" then systemdTarball
+        else derivation {
         # the file names nix/modules/baguette.nix and NixOS's lxc-container give
         name = if kind == "baguette" then "nixos-baguette-x86_64-linux.tar.xz"
           else "nixos-system-x86_64-linux.tar.xz";
@@ -315,13 +336,20 @@ echo "file system-tarball $out/tarball/nixos-lxc-metadata.tar.xz" \
 
 
 def write_flake(directory: Path, *, motd: str = "welcome\n", fail_with: int = 0,
-                links: bool = True, flake_nix: str | None = None) -> Path:
+                links: bool = True, flake_nix: str | None = None, init: str = "stand-in",
+                modules: Path = MODULES) -> Path:
     """The stand-in flake in `directory`. `links=False` models a configuration that does
-    not link what ChromeOS runs by absolute path (the defect of issue 13, item 6)."""
+    not link what ChromeOS runs by absolute path (the defect of issue 13, item 6).
+    `init="systemd"` makes testhost-baguette the system with a real init
+    (tests/support/nixos_system.py), from the module files in `modules`."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "flake.nix").write_text(
         flake_nix if flake_nix is not None
-        else FLAKE.replace("FAIL", str(fail_with)).replace("LINKS", f'"{int(links)}"'))
+        else FLAKE.replace("FAIL", str(fail_with)).replace("LINKS", f'"{int(links)}"')
+        .replace("INIT", f'"{init}"'))
+    shutil.copy(Path(__file__).with_name("nixos_system.py"), directory / "make-system.py")
+    shutil.rmtree(directory / "modules", ignore_errors=True)
+    shutil.copytree(modules, directory / "modules")
     (directory / "make-rootfs.sh").write_text(MAKE_ROOTFS)
     (directory / "make-metadata.sh").write_text(MAKE_METADATA)
     (directory / "motd").write_text(motd)
