@@ -33,12 +33,13 @@ from .nixcli import NixError, eval_json, show_config
 from .nixcli import build as nix_build
 from .tarball import decompress
 
-VERSION = 2  # 2: the configuration's system
+VERSION = 3  # 2: the configuration's system; 3: its ChromeOS user
 METADATA_TAR = "lxc-metadata.tar"
 NIX_SYSTEMS = {a.nix for a in ARCHES.values()}  # others are not guests' (a test's "x")
 KINDS = {"crostini": "a Crostini container", "baguette": "a Baguette VM"}
 # one evaluation yields both derivation paths (`metadata` is optional) and the guest kind
 APPLY = """c: let b = c.system.build; k = c.chromeos.guest.kind or null; in {
+  user = c.chromeos.guest.user or null;
   tarball = b.tarball.drvPath;
   system = c.nixpkgs.hostPlatform.system or (b.tarball.system or null);
   builder = b.tarball.system or null;
@@ -71,6 +72,9 @@ def inputs(image: Image, memo: FileHashMemo) -> StageInputs:
         "builder": value.get("builder"),
         "metadata": value.get("metadata"),
         "kind": value.get("kind") if value.get("kind") in KINDS else None,
+        # the ChromeOS user the configuration declares (nix/modules: chromeos.guest.user),
+        # whom `doit verify` has maitred set up
+        "user": value["user"] if isinstance(value.get("user"), str) else None,
     })
 
 

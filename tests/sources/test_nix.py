@@ -390,6 +390,22 @@ def test_the_key_evaluation_says_which_guest_the_configuration_is(
         assert stages.key(run, stages.BASE, run.config.image("nixlxc")).inputs["kind"] == kind
 
 
+def test_verify_sets_up_the_user_the_configuration_declares(
+        tmp_path: Path, nix_env: None) -> None:  # noqa: F811
+    """`doit verify` of a NixOS image has maitred set up the configuration's
+    chromeos.guest.user (so the user-setup check runs, as for a Debian image); a
+    configuration that declares none leaves it to ChromeOS and the check out."""
+    write_flake(tmp_path / "flake")
+    run = stages.open_run(config.load(kinds_toml(tmp_path)), 1)
+    assert stages._chromeos_user(run, run.config.image("nixvm")) == "user"
+    write_flake(tmp_path / "flake", flake_nix=(
+        "{ outputs = { self }: { nixosConfigurations.testhost.config = "
+        "{ chromeos.guest.kind = \"crostini\"; system.build.tarball = derivation "
+        "{ name = \"t\"; system = \"x\"; builder = \"/bin/sh\"; }; }; }; }"))
+    run = stages.open_run(config.load(kinds_toml(tmp_path)), 1)
+    assert stages._chromeos_user(run, run.config.image("nixlxc")) == ""
+
+
 def test_the_other_image_kind_is_refused_before_anything_is_built(
         tmp_path: Path, nix_env: None) -> None:  # noqa: F811
     """`baguette:` of a Crostini configuration and `lxc:` of a Baguette one stop at the

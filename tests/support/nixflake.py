@@ -128,6 +128,7 @@ FLAKE = r"""{
       host = kind: {
         config = {
           chromeos.guest.kind = kind;
+          chromeos.guest.user = "user";  # the module option's default (declared=user below)
           boot.isContainer = kind == "crostini";
           system.build = { tarball = tarball kind; }
             // (if kind == "crostini" then { inherit metadata; } else { });
