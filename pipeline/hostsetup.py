@@ -59,10 +59,11 @@ BACKPORT_SUITE = "trixie"
 # the remote-cache tests run a real OCI registry (docker-registry) with htpasswd's bcrypt
 # users (apache2-utils) over TLS from a CA the tests make (openssl)
 # the stand-in NixOS flake relocates the host's systemd, sudo and sftp-server into a Nix
-# store layout (patchelf rewrites their interpreter and RUNPATH)
+# store layout (patchelf rewrites their interpreter and RUNPATH); the Crostini conformance
+# test's LXD bridge hands out addresses with dnsmasq, as termina's lxdbr0 does
 TEST_PACKAGES = ["lxd", "lxd-client", "openssl", "libpython3.11-testsuite", "libxmlsec1-dev",
                  "gnutls-bin", "strace", "docker-registry", "apache2-utils", "patchelf", "sudo",
-                 "openssh-sftp-server"]
+                 "openssh-sftp-server", "dnsmasq-base"]
 
 BTRFS_PROGS_WANTED = (6, 12)  # pipeline.baguette.pack.SUBVOL_MKFS
 BACKPORTS = {"bookworm": "bookworm-backports"}  # suites that have a new enough btrfs-progs

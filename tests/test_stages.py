@@ -25,10 +25,10 @@ from tests.support.rootfs import add_sbin_init
 
 PINNED_KEYS = {
     "base": "71a480bf1393ad036c05c22ec56a13ab",  # tarball.VERSION 4: the tree's arch
-    "rootfs": "5c0d83798ac75c6c2911fcedd11668e5",
-    "pack": "92133e1f9f602e0a752b68ad19442084",  # pack.VERSION 3: the mkfs subvolume route
-    "baguette": "00b42dad820b1538adc5b64fb594d4c2",
-    "lxc": "e0b5aa3ce3c14b44fe8bc9bff3cb0f58",
+    "rootfs": "7b3d4fa40631b149d83458916c01f271",  # integration.VERSION 4: the container's DHCP
+    "pack": "e8d985652e8e3f2a271a97655ffdc9ec",  # pack.VERSION 3: the mkfs subvolume route
+    "baguette": "0ee300eca337845ae2ad57bb79c07f5a",
+    "lxc": "7fee70c7688420ccd7426bcac137e172",
 }
 FIXED_APPLIANCE = StageInputs("appliance", 1, {"fixed": "for the test"})
 

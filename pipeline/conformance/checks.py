@@ -46,6 +46,8 @@ BAGUETTE = (
 BAGUETTE_LATE = (("wl-udev-rule", "udevd gives /dev/wl* mode 0666 (sommelier)"),)
 CROSTINI = (
     ("gshadow", "/etc/gshadow exists (tremplin reads it)"),
+    ("network", "eth0 has an IPv4 address and /etc/resolv.conf a nameserver from LXD's DHCP "
+                "(ChromeOS reaches garcon on that address)"),
     ("no-vm-units", "no VM-only unit (vshd, maitred, tools mount, resize) in the container"),
 )
 USER_SETUP = (("user-setup", "maitred's SetUpUser for the ChromeOS user name succeeds"),)

@@ -468,6 +468,24 @@ resize_check() {
     else verdict resize FAIL "the filesystem has $fs KiB of a $disk_k KiB disk"; fi
 }
 
+network_check() {
+    # Crostini: LXD's DHCP gives eth0 its address and DNS (no DHCP client in the image, or no
+    # eth0 config for it, leaves the container unreachable); it may still be on its way
+    addr="" ns=""
+    n=0
+    while [ "$n" -lt 30 ]; do
+        addr=$(bb ip -4 -o addr show dev eth0 2>/dev/null | bb awk '{ print $4; exit }')
+        ns=$(bb grep -m1 '^nameserver ' /etc/resolv.conf 2>/dev/null)
+        [ -n "$addr" ] && [ -n "$ns" ] && break
+        bb sleep 1
+        n=$((n + 1))
+    done
+    if [ -n "$addr" ] && [ -n "$ns" ]; then verdict network PASS "eth0 $addr, $ns"
+    elif [ -n "$addr" ]; then verdict network FAIL "eth0 $addr, but no nameserver in /etc/resolv.conf"
+    else verdict network FAIL "eth0 has no IPv4 address (no DHCP client, or none configured for eth0)"
+    fi
+}
+
 conformance_check() {
     if settle; then verdict boot PASS "$(systemctl is-system-running 2>&1)"
     else verdict boot FAIL "not finished within $SETTLE_WAIT s: $(systemctl is-system-running 2>&1)"
@@ -489,6 +507,7 @@ conformance_check() {
         resize_check
     else
         check gshadow "/etc/gshadow is missing (tremplin reads it)" [ -e /etc/gshadow ]
+        network_check
         vm_units=""
         for u in vshd.service maitred.service 'opt-google-cros\x2dcontainers.mount' \
                  baguette-resize.service; do

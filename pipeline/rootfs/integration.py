@@ -28,8 +28,10 @@ Baguette only (the VM boots the image's own init with the tools disk as /dev/vda
   `100.115.92.2 arc` in /etc/hosts, /mnt/chromeos with the fonts mount point and
   `shared -> /mnt/shared`, as ChromeOS's own Baguette image has them.
 
-In a Crostini container the tools directory is bind-mounted by the termina VM, DNS comes from
-LXD's DHCP and the container has no maitred or vshd of its own: none of the VM units is there.
+In a Crostini container the tools directory is bind-mounted by the termina VM and the container
+has no maitred or vshd of its own: none of the VM units is there. Its address and DNS come from
+LXD's DHCP on eth0 (`iface eth0 inet dhcp` for ifupdown, as in ChromeOS's own container image;
+garcon is reached on that address).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-VERSION = 3  # bump when the files below change: it is part of the rootfs stage's key
+VERSION = 4  # bump when the files below change: it is part of the rootfs stage's key
 TOOLS = "/opt/google/cros-containers"
 MOUNT_UNIT = r"opt-google-cros\x2dcontainers.mount"
 GROUPS = ("audio", "cdrom", "dialout", "disk", "floppy", "kvm", "netdev", "plugdev", "sudo",
@@ -193,9 +195,13 @@ def _vm() -> list[File]:
     ]
 
 
+def _container() -> list[File]:
+    return [File("etc/network/interfaces.d/eth0", "auto eth0\niface eth0 inet dhcp\n")]
+
+
 def files(kind: Kind) -> list[File]:
     """The integration files of one guest kind."""
-    return _common() + (_vm() if kind is Kind.VM else [])
+    return _common() + (_vm() if kind is Kind.VM else _container())
 
 
 def vm_only_paths() -> set[str]:

@@ -45,6 +45,9 @@ GUEST_PACKAGES = (
     "openssh-sftp-server",  # garcon runs /usr/lib/openssh/sftp-server for the Files app
     "xdg-utils",  # xdg-open honours BROWSER (garcon's URL handler)
     "xauth", "xxd",  # sommelier-x's X cookie
+    # the container's address and DNS from LXD's DHCP (eth0, as ChromeOS's own container image
+    # does it); in the VM maitred configures eth0 and these stay idle
+    "ifupdown", "isc-dhcp-client",
 )
 ROLLING = ("sid", "unstable", "experimental")  # suites without -updates and -security
 

@@ -39,7 +39,7 @@ def test_require_names_each_failed_check_on_its_own_line() -> None:
     with pytest.raises(GuestError) as err:
         checks.require(report, "verify:img", "/logs/c.log")
     msg = err.value.message
-    assert "1 of 19 ChromeOS checks failed (dbus)" in msg
+    assert "1 of 20 ChromeOS checks failed (dbus)" in msg
     assert "\n  FAIL  dbus " in msg and "no system bus" in msg and "/logs/c.log" in msg
     assert err.value.hint and err.value.console_log == "/logs/c.log"
 
@@ -48,7 +48,7 @@ def test_kinds_differ_where_chromeos_does() -> None:
     vm = {n for n, _ in checks.expected("baguette", False)}
     ct = {n for n, _ in checks.expected("crostini", False)}
     assert {"tools-mount", "maitred", "vshd", "resolv.conf", "resize", "udevd"} <= vm - ct
-    assert {"gshadow", "no-vm-units"} <= ct - vm
+    assert {"gshadow", "no-vm-units", "network"} <= ct - vm
     assert "user-setup" not in vm and "user-setup" in {
         n for n, _ in checks.expected("baguette", True)}
 

@@ -116,7 +116,7 @@ def test_crostini_container_passes_every_check(project: Path, lxd: LXD,  # noqa:
     try:
         report = crostini.run(lxd.lxc, "alice", container="alice-c", setup_user="alice",
                               dotfiles=toolsdisk.dotfile_names(ROOT / "dotfiles"),
-                              work_dir=tmp_path, log_path=log)
+                              work_dir=tmp_path, log_path=log, network=lxd.dhcp_network())
     finally:
         lxd.delete("alice-c")  # its session would keep running beside the rest of the suite
     assert report.failed == [], "\n".join(report.lines()) + "\n" + log.read_text()[-3000:]

@@ -63,7 +63,9 @@ def test_paths_are_relative_unique_and_of_one_kind_each(kind: Kind) -> None:
 
 def test_the_container_gets_the_vm_files_minus_the_vm_only_ones() -> None:
     vm, container = set(by_path(VM)), set(by_path(CONTAINER))
-    assert container < vm
+    dhcp = "etc/network/interfaces.d/eth0"  # the container's only file of its own
+    assert container - vm == {dhcp}
+    assert by_path(CONTAINER)[dhcp].text == "auto eth0\niface eth0 inet dhcp\n"
     assert integration.vm_only_paths() == vm - container
     assert {f"etc/systemd/system/{MOUNT}", "etc/resolv.conf",
             "etc/systemd/journald.conf.d/50-console.conf"} <= integration.vm_only_paths()

@@ -129,7 +129,7 @@ def test_chromeos_integration_adds_what_the_guest_tools_need(tmp_path: Path) -> 
     got = debian.packages(make_image(tmp_path, packages=("dbus", "vim"), integration=True))
     assert got == sorted({"dbus", "dbus-user-session", "libpam-systemd", "udev",
                           "openssh-sftp-server", "xdg-utils", "xauth", "xxd", "systemd-sysv",
-                          "vim"})
+                          "ifupdown", "isc-dhcp-client", "vim"})
 
 
 def test_guest_sources_are_deb822_with_updates_and_security(tmp_path: Path) -> None:

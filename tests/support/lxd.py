@@ -261,6 +261,7 @@ class LXD:
         self.containers: set[str] = set()
         self._seen_containers: set[str] = set()
         self.images: set[str] = set()
+        self.networks: set[str] = set()
         self.timings: dict[str, float] = {}
         self._closed = False
 
@@ -380,6 +381,22 @@ class LXD:
             time.sleep(0.5)
         self.containers.discard(name)
 
+    def dhcp_network(self) -> str:
+        """A managed bridge with LXD's own DHCP (dnsmasq), as termina's lxdbr0 gives Crostini
+        containers; made once per daemon, named and numbered by this process so that two test
+        runs on one host do not collide; no NAT, no IPv6 (nothing leaves the host)."""
+        name = f"cgp{os.getpid() % 100000}"
+        if name not in self.networks:
+            subnet = f"10.234.{os.getpid() % 250}.1/24"
+            self.lxc("network", "create", name, f"ipv4.address={subnet}", "ipv4.nat=false",
+                     "ipv6.address=none", "ipv4.dhcp=true")
+            self.networks.add(name)
+        return name
+
+    def delete_network(self, name: str) -> None:
+        self.lxc("network", "delete", name)
+        self.networks.discard(name)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -469,6 +486,8 @@ class LXD:
                 fps |= {i["fingerprint"] for i in json.loads(r.stdout)}
             for fp in sorted(fps):
                 attempt(f"delete image {fp[:12]}", self.delete_image, fp)
+            for net in sorted(self.networks):
+                attempt(f"delete network {net}", self.delete_network, net)
 
         if self.daemon is not None:
             if alive:
