@@ -60,10 +60,11 @@ BACKPORT_SUITE = "trixie"
 # users (apache2-utils) over TLS from a CA the tests make (openssl)
 # the stand-in NixOS flake relocates the host's systemd, sudo and sftp-server into a Nix
 # store layout (patchelf rewrites their interpreter and RUNPATH); the Crostini conformance
-# test's LXD bridge hands out addresses with dnsmasq, as termina's lxdbr0 does
+# test's LXD bridge hands out addresses with dnsmasq, as termina's lxdbr0 does (LXD
+# checks its chains with iptables even when it adds none)
 TEST_PACKAGES = ["lxd", "lxd-client", "openssl", "libpython3.11-testsuite", "libxmlsec1-dev",
                  "gnutls-bin", "strace", "docker-registry", "apache2-utils", "patchelf", "sudo",
-                 "openssh-sftp-server", "dnsmasq-base"]
+                 "openssh-sftp-server", "dnsmasq-base", "iptables"]
 
 BTRFS_PROGS_WANTED = (6, 12)  # pipeline.baguette.pack.SUBVOL_MKFS
 BACKPORTS = {"bookworm": "bookworm-backports"}  # suites that have a new enough btrfs-progs

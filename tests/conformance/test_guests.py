@@ -121,3 +121,25 @@ def test_crostini_container_passes_every_check(project: Path, lxd: LXD,  # noqa:
         lxd.delete("alice-c")  # its session would keep running beside the rest of the suite
     assert report.failed == [], "\n".join(report.lines()) + "\n" + log.read_text()[-3000:]
     assert report.finished
+
+
+def test_a_container_without_an_address_fails_network_only(project: Path, lxd: LXD,  # noqa: F811
+                                                           tmp_path: Path) -> None:
+    """The same image with no NIC (as a container ChromeOS cannot reach): `network` fails,
+    naming the missing address, and so does `failed-units` (ifupdown's networking.service
+    cannot bring up an eth0 that is not there); nothing else does."""
+    if "alice" not in lxd.lxc("image", "alias", "list", "--format", "csv").stdout:
+        out = project / "artifacts" / "alice" / "lxc"
+        lxd.import_split(out / "metadata.tar.xz", out / "rootfs.tar.xz", alias="alice")
+    lxd.containers.add("alice-n")
+    log = tmp_path / "crostini.results.log"
+    try:
+        report = crostini.run(lxd.lxc, "alice", container="alice-n", setup_user="alice",
+                              dotfiles=toolsdisk.dotfile_names(ROOT / "dotfiles"),
+                              work_dir=tmp_path, log_path=log)
+    finally:
+        lxd.delete("alice-n")
+    assert [v.name for v in report.failed] == ["network", "failed-units"], (
+        "\n".join(report.lines()))
+    assert "eth0 has no IPv4 address" in report.verdict("network").detail
+    assert "networking.service" in report.verdict("failed-units").detail

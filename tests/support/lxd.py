@@ -384,12 +384,14 @@ class LXD:
     def dhcp_network(self) -> str:
         """A managed bridge with LXD's own DHCP (dnsmasq), as termina's lxdbr0 gives Crostini
         containers; made once per daemon, named and numbered by this process so that two test
-        runs on one host do not collide; no NAT, no IPv6 (nothing leaves the host)."""
+        runs on one host do not collide; no NAT, no IPv6, no firewall rules (nothing leaves
+        the host, and the host's tables are left alone; LXD still wants iptables to check
+        them)."""
         name = f"cgp{os.getpid() % 100000}"
         if name not in self.networks:
             subnet = f"10.234.{os.getpid() % 250}.1/24"
             self.lxc("network", "create", name, f"ipv4.address={subnet}", "ipv4.nat=false",
-                     "ipv6.address=none", "ipv4.dhcp=true")
+                     "ipv6.address=none", "ipv4.dhcp=true", "ipv4.firewall=false")
             self.networks.add(name)
         return name
 
