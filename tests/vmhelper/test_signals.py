@@ -37,14 +37,21 @@ def gone(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_qemu_runs_stops_qemu(tmp_path: Path, sig: signal.Signals) -> None:
     pidfile = tmp_path / "qemu.pid"
+    # SIGINT as a terminal delivers it: a run started in the background of a shell (`cmd &`)
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(pidfile), str(tmp_path / "log")],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     while not (pidfile.exists() and pidfile.read_text()):
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.01)
     qemu_pid = int(pidfile.read_text())
     proc.send_signal(sig)
-    _, err = proc.communicate()
+    try:
+        _, err = proc.communicate(timeout=300)  # a hang guard, not a time limit
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the pipeline's process ignored {sig.name}") from None
     assert proc.returncode != 0
     assert "KeyboardInterrupt" in err, err
     try:
