@@ -29,7 +29,7 @@ from pipeline.store.hashing import sha256_file
 from pipeline.store.layout import INPUTS_FILE
 from tests.support.published import served_consistently
 from tests.support.rootfs import add_sbin_init, write_rich_rootfs
-from tests.support.tools import require_vm, tool_missing
+from tests.support.tools import require_vm, sigint_as_from_a_terminal, tool_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 20261124
@@ -66,7 +66,8 @@ def start(project: Path, log: Path, *targets: str,
             [*prefix, sys.executable, "-m", "doit", "run", "-f", str(ROOT / "dodo.py"),
              "--db-file", str(project / ".doit.db"),
              *(targets or ("build:baguette", "build:lxc"))],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=sigint_as_from_a_terminal)
     finally:
         out.close()
 

@@ -54,3 +54,12 @@ def require_vm() -> None:
                      "(run `python3 -m pipeline.hostsetup --tests`)")
 
 
+
+
+def sigint_as_from_a_terminal() -> None:
+    """A child's preexec_fn: SIGINT back to its default, so Ctrl-C reaches the child's Python
+    as KeyboardInterrupt the way a terminal delivers it. A test run started in the background
+    of a shell (`cmd &`) inherits SIGINT ignored, and Python then installs no handler."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

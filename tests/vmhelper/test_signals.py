@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.paths import ROOT
+from tests.support.tools import sigint_as_from_a_terminal
 
 # the pipeline's QEMU runner, with a stand-in for QEMU that only sleeps
 RUNNER = textwrap.dedent("""
@@ -37,11 +38,9 @@ def gone(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_qemu_runs_stops_qemu(tmp_path: Path, sig: signal.Signals) -> None:
     pidfile = tmp_path / "qemu.pid"
-    # SIGINT as a terminal delivers it: a run started in the background of a shell (`cmd &`)
-    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(pidfile), str(tmp_path / "log")],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=sigint_as_from_a_terminal)
     while not (pidfile.exists() and pidfile.read_text()):
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.01)
