@@ -323,7 +323,7 @@ def nix_printing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: str) -
 def test_nixpkgs_refusing_this_nix_is_said_in_its_words(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: str,
         requirement: list[str]) -> None:
-    """Issue 13, item 1: the requirement as nixpkgs words it, the Nix found, and where a
+    """The requirement as nixpkgs words it, the Nix found, and where a
     newer Nix comes from on Debian 12; not the NixOS upgrade advice."""
     nix_printing(tmp_path, monkeypatch, stderr)
     with pytest.raises(nixcli.NixError) as e:
@@ -350,7 +350,7 @@ def test_check_nix_says_so_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert "2.18" in (e.value.hint or "")
 
 
-# --- the guest kind (issue 13, item 15) ---------------------------------------------------
+# --- the guest kind -------------------------------------------------------------------------
 
 
 def kinds_toml(tmp_path: Path) -> Path:

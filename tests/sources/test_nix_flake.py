@@ -264,7 +264,7 @@ def test_user_services_garcon_sommelier_notificationd(modules: dict[str, Any]) -
 
 
 def test_sommelier_x_writes_the_xauth_cookie_it_is_given(modules: dict[str, Any]) -> None:
-    """Issue 13, item 11: --x-auth names ~/.Xauthority, so the child run once Xwayland is up
+    """--x-auth names ~/.Xauthority, so the child run once Xwayland is up
     adds a random cookie for its display (as ChromeOS's own unit does)."""
     x = modules["sommelierX"]
     assert "--x-auth=%h/.Xauthority" in x

@@ -1,8 +1,8 @@
 """The stand-in NixOS flake has the real NixOS layout (tests/support/nixflake.py says which
 sources it follows), and `nixos_layout_problems` reads a tree for what ChromeOS runs by
-absolute path: it finds the defects of issue 13 items 6 (maitred's /usr/sbin/useradd and
-usermod) and 16 (`verify` running /bin/cat and /usr/bin/findmnt, which NixOS has not; no
-/etc/os-release in the Baguette tarball)."""
+absolute path: it finds the old defects of maitred's /usr/sbin/useradd and usermod not
+linked, and of `verify` running /bin/cat and /usr/bin/findmnt, which NixOS has not, and no
+/etc/os-release in the Baguette tarball."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.support.nixflake import (
     write_flake,
 )
 
-# what `doit verify` ran in the guest before issue 13
+# what `doit verify` once ran in the guest
 OLD_VERIFY_RUNS = ["/bin/cat", "/usr/bin/findmnt"]
 MAITRED_RUNS = ["/usr/sbin/useradd", "/usr/sbin/usermod", "/bin/bash"]
 TOP = {"dev", "etc", "etc/os-release", "nix", "nix/store", "nix-path-registration", "proc",

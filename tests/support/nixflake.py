@@ -340,7 +340,8 @@ def write_flake(directory: Path, *, motd: str = "welcome\n", fail_with: int = 0,
                 links: bool = True, flake_nix: str | None = None, init: str = "stand-in",
                 modules: Path = MODULES) -> Path:
     """The stand-in flake in `directory`. `links=False` models a configuration that does
-    not link what ChromeOS runs by absolute path (the defect of issue 13, item 6).
+    not link what ChromeOS runs by absolute path (the modules' old defect:
+    maitred's /usr/sbin/usermod missing).
     `init="systemd"` makes testhost-baguette the system with a real init
     (tests/support/nixos_system.py), from the module files in `modules`."""
     directory.mkdir(parents=True, exist_ok=True)
