@@ -361,7 +361,10 @@ def _bench(run: Run) -> dict[str, Any]:
     """benchmarks (tests/bench/, a checkout only): ratios against baselines measured in one run"""
     if not (CHECKOUT / "tests" / "bench").is_dir():
         return {"actions": [_action(_no_bench)], "uptodate": [False], "verbosity": 2}
-    return {"actions": [CmdAction([sys.executable, "-m", "tests.bench"], cwd=str(CHECKOUT))],
+    # a list, not a shell line: shell=False (doit's CmdAction would hand the shell its first
+    # word only, a bare python reading an empty stdin)
+    return {"actions": [CmdAction([sys.executable, "-m", "tests.bench"], shell=False,
+                                  cwd=str(CHECKOUT))],
             "uptodate": [False], "verbosity": 2}
 
 

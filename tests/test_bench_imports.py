@@ -33,6 +33,7 @@ def test_doit_bench_runs_the_benchmarks_with_the_venv_python() -> None:
     (action,) = task["actions"]
     assert action.action == [sys.executable, "-m", "tests.bench"]
     assert action.pkwargs["cwd"] == str(ROOT), "run from the checkout, wherever doit runs"
+    assert action.shell is False, "a list with shell=True runs its first word alone"
 
 
 def test_doit_bench_outside_a_checkout_says_so(tmp_path: Path,
