@@ -1,8 +1,8 @@
 """images.toml: one settings table, validated into frozen dataclasses.
 
 Each option is declared once in SETTINGS (key, type, default, help); validation, defaults and
-the README's config reference all come from that table, so they cannot drift apart. Errors
-name the key path (`images.work.baguette.slack`) and end with a hint.
+the config reference (docs/configuration.md) all come from that table, so they cannot drift
+apart. Errors name the key path (`images.work.baguette.slack`) and end with a hint.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from pipeline.config import (
 from pipeline.core.errors import ConfigError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE = README.parent / "docs" / "configuration.md"
 REF_START = (
     "<!-- config-reference (generated from pipeline/config.py; a test keeps them equal) -->"
 )
@@ -330,12 +331,14 @@ def test_parse_size_bytes_round_trip(n: int, unit: str) -> None:
 
 
 def test_readme_holds_the_generated_reference() -> None:
-    """README.md's config table is exactly reference(): docs and SETTINGS cannot drift."""
-    text = README.read_text()
+    """docs/configuration.md's config table is exactly reference(): docs and SETTINGS cannot
+    drift."""
+    text = REFERENCE.read_text()
     assert text.count(REF_START) == 1 and text.count(REF_END) == 1
     between = text.split(REF_START, 1)[1].split(REF_END, 1)[0]
     assert between == "\n" + config.reference(), (
-        "README.md's config reference is stale; replace it with pipeline.config.reference()")
+        "docs/configuration.md's config reference is stale; replace it with "
+        "pipeline.config.reference()")
 
 
 def test_reference_lists_every_setting() -> None:
